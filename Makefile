@@ -1,0 +1,62 @@
+# Pomona: `make train export` then `make test` on a fresh clone; nothing to install by hand.
+# Every target creates .venv and installs what it needs on first use.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+OUT ?= artifacts
+TRAIN_ARGS ?=
+EXPORT_ARGS ?=
+SERVE_ARGS ?=
+
+.PHONY: help install train export test lint typecheck pytest bench serve clean
+
+help:
+	@echo "make train export   train on the bundled crop data, write $(OUT)/ artifacts"
+	@echo "make test           ruff, mypy and pytest"
+	@echo "make lint           ruff check and ruff format --check"
+	@echo "make bench          speed ratios against references measured in the same run"
+	@echo "make serve          serve $(OUT)/model.onnx on 127.0.0.1:8000"
+	@echo "make clean          remove .venv, $(OUT)/ and caches"
+
+install: $(STAMP)
+
+# torch is pinned by constraints.txt to the CPU build this repository is tested with.
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[train,export,serve,fast,dev]'
+	@touch $@
+
+train: $(STAMP)
+	$(BIN)/pomona train --out $(OUT) $(TRAIN_ARGS)
+
+export: $(STAMP)
+	$(BIN)/pomona export --checkpoint $(OUT)/checkpoint.pt --out $(OUT) $(EXPORT_ARGS)
+
+# mypy cannot follow setuptools' package-dir mapping; a symlink tree shows it the layout.
+.typing/pomona:
+	@mkdir -p .typing/pomona
+	@for pkg in train export runtime; do ln -sfn ../../$$pkg .typing/pomona/$$pkg; done
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP) .typing/pomona
+	MYPYPATH=.typing $(BIN)/mypy -p pomona.train -p pomona.export -p pomona.runtime
+
+pytest: $(STAMP)
+	$(BIN)/pytest
+
+test: lint typecheck pytest
+
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+serve: $(STAMP)
+	$(BIN)/pomona serve $(OUT)/model.onnx $(SERVE_ARGS)
+
+clean:
+	rm -rf $(VENV) .typing $(OUT) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis bench/out

@@ -1,0 +1,32 @@
+"""Small helpers shared by every ``pomona`` subcommand."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar
+
+import click
+
+from pomona.runtime.errors import PomonaError
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def say(message: str) -> None:
+    """Print a status message on stderr (stdout is for data)."""
+    click.echo(message, err=True)
+
+
+def user_errors(fn: Callable[P, R]) -> Callable[P, R]:
+    """Turn a :class:`PomonaError` into one ``Error: ...`` line and exit status 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except PomonaError as err:
+            raise click.ClickException(str(err)) from err
+
+    return wrapper
