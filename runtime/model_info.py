@@ -1,0 +1,127 @@
+"""What ``pomona info`` prints: a model's inputs, outputs, names, metadata, opset, manifest.
+
+The IR version and opsets are read straight from the top level of the ONNX protobuf
+(onnxruntime does not expose them and the runtime does not depend on the onnx package).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from pomona.runtime.errors import ArtifactError
+from pomona.runtime.predictor import MANIFEST_NAME, Predictor, file_sha256
+
+__all__ = ["describe", "onnx_header"]
+
+# ModelProto field numbers (onnx/onnx.proto)
+_IR_VERSION, _PRODUCER_NAME, _PRODUCER_VERSION, _OPSET_IMPORT = 1, 2, 3, 8
+# OperatorSetIdProto field numbers
+_DOMAIN, _VERSION = 1, 2
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if pos >= len(data) or shift > 63:
+            raise ValueError("truncated varint")
+        byte = data[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result, pos
+        shift += 7
+
+
+def _fields(data: bytes) -> list[tuple[int, int | bytes]]:
+    """Top-level (field number, value) pairs of a protobuf message."""
+    fields: list[tuple[int, int | bytes]] = []
+    pos = 0
+    while pos < len(data):
+        key, pos = _varint(data, pos)
+        number, wire = key >> 3, key & 7
+        value: int | bytes
+        if wire == 0:
+            value, pos = _varint(data, pos)
+        elif wire == 2:
+            length, pos = _varint(data, pos)
+            value, pos = data[pos : pos + length], pos + length
+        elif wire in (1, 5):
+            size = 8 if wire == 1 else 4
+            value, pos = int.from_bytes(data[pos : pos + size], "little"), pos + size
+        else:
+            raise ValueError(f"unsupported wire type {wire}")
+        if pos > len(data):
+            raise ValueError("truncated message")
+        fields.append((number, value))
+    return fields
+
+
+def onnx_header(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """IR version, opsets (domain -> version) and producer of an ONNX file."""
+    facts: dict[str, Any] = {"ir_version": None, "opset": {}, "producer": ""}
+    try:
+        fields = _fields(Path(path).read_bytes())
+    except ValueError:
+        return facts
+    producer = []
+    for number, value in fields:
+        if number == _IR_VERSION and isinstance(value, int):
+            facts["ir_version"] = value
+        elif number in (_PRODUCER_NAME, _PRODUCER_VERSION) and isinstance(value, bytes):
+            producer.append(value.decode("utf-8", "replace"))
+        elif number == _OPSET_IMPORT and isinstance(value, bytes):
+            opset = dict(_fields(value))
+            domain = opset.get(_DOMAIN, b"")
+            domain_name = domain.decode() if isinstance(domain, bytes) else ""
+            facts["opset"][domain_name] = opset.get(_VERSION)
+    facts["producer"] = " ".join(p for p in producer if p)
+    return facts
+
+
+def _manifest_status(path: Path, sha256: str) -> dict[str, str]:
+    manifest_path = path.parent / MANIFEST_NAME
+    if not manifest_path.is_file():
+        return {"status": "none", "detail": f"no {MANIFEST_NAME} beside the model"}
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        expected = manifest["artifacts"][path.name]["sha256"]
+    except (ValueError, KeyError, TypeError):
+        return {"status": "unreadable", "detail": f"{MANIFEST_NAME} has no sha256 for {path.name}"}
+    if expected != sha256:
+        return {
+            "status": "mismatch",
+            "detail": f"the model changed since {MANIFEST_NAME} was written "
+            f"(recorded sha256 {expected})",
+        }
+    return {"status": "ok", "detail": f"matches {MANIFEST_NAME}"}
+
+
+def describe(model: str | os.PathLike[str]) -> dict[str, Any]:
+    """Everything ``pomona info`` shows, as plain JSON-ready data."""
+    predictor = Predictor(model, check_manifest=False)
+    path = predictor.path
+    sha256 = file_sha256(path)
+    session = predictor.session
+
+    def tensors(items: Any) -> list[dict[str, Any]]:
+        return [{"name": t.name, "type": t.type, "shape": list(t.shape)} for t in items]
+
+    header = onnx_header(path)
+    if header["ir_version"] is None:  # pragma: no cover - onnxruntime parsed it already
+        raise ArtifactError(f"{path}: cannot read the ONNX header")
+    return {
+        "path": str(path),
+        "sha256": sha256,
+        "size": path.stat().st_size,
+        "manifest": _manifest_status(path, sha256),
+        **header,
+        "inputs": tensors(session.get_inputs()),
+        "outputs": tensors(session.get_outputs()),
+        "feature_names": predictor.feature_names,
+        "target_names": predictor.target_names,
+        "metadata": predictor.metadata,
+        "providers": predictor.providers,
+    }

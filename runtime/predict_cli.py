@@ -1,0 +1,159 @@
+"""``pomona predict`` and ``pomona info``: batch prediction and model inspection.
+
+Imports click, numpy and onnxruntime only (pyarrow when an input is large and the
+``fast`` extra is installed), so both start quickly and without torch.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+
+from pomona.runtime._clikit import user_errors
+
+__all__ = ["info", "predict"]
+
+
+def _keep_columns(ctx: click.Context, param: click.Parameter, value: str | None) -> list[str]:
+    if not value:
+        return []
+    names = [n.strip() for n in value.split(",")]
+    if any(not n for n in names):
+        raise click.BadParameter(f"empty column name in {value!r}; use COL,COL,...")
+    return names
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("input", type=click.Path(dir_okay=False, allow_dash=True))
+@click.option(
+    "-o",
+    "--output",
+    default="-",
+    show_default=True,
+    type=click.Path(dir_okay=False, allow_dash=True),
+    help="Output file; '-' writes to stdout. Written to a temporary file and renamed "
+    "on success, so a failure leaves no output file.",
+)
+@click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(["csv", "jsonl", "npy"]),
+    default=None,
+    help="Output format. Default: from the output's extension (.csv, .jsonl, .ndjson, "
+    ".npy), else csv.",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=65536,
+    show_default=True,
+    help="Rows read and predicted at a time; memory grows with it, not with the input.",
+)
+@click.option(
+    "--keep",
+    callback=_keep_columns,
+    metavar="COL,...",
+    help="Input columns copied to the output before the predictions (e.g. an ID).",
+)
+@click.option(
+    "--no-manifest-check",
+    is_flag=True,
+    help="Use the model even if it differs from the manifest.json beside it.",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=None,
+    help="onnxruntime intra-op threads. Default: one per physical core.",
+)
+@user_errors
+def predict(
+    model: str,
+    input: str,
+    output: str,
+    output_format: str | None,
+    batch_size: int,
+    keep: list[str],
+    no_manifest_check: bool,
+    threads: int | None,
+) -> None:
+    """Predict every row of INPUT with MODEL (an ONNX file from `pomona export`).
+
+    \b
+    INPUT is CSV with a header (columns matched by name, in any order; others
+    ignored), JSON Lines (one object per line) or .npy ([rows, features]); '-'
+    reads stdin. The format comes from the extension, else from the content.
+    Output columns: the --keep columns, then one column per model output.
+    Floats are written in the shortest form that reads back as the same float32.
+    """
+    from pomona.runtime.batchio import predict_file
+    from pomona.runtime.predictor import Predictor
+
+    predictor = Predictor(model, check_manifest=not no_manifest_check, intra_op_threads=threads)
+    if sys.stderr.isatty():
+        with click.progressbar(length=1, file=sys.stderr, label="predicting") as bar:
+            done = 0
+
+            def progress(consumed: int, total: int | None) -> None:
+                nonlocal done
+                if total:
+                    bar.length = total
+                    bar.update(consumed - done)
+                    done = consumed
+
+            predict_file(
+                predictor,
+                input,
+                output,
+                output_format=output_format,
+                batch_size=batch_size,
+                keep=keep,
+                progress=progress,
+            )
+        return
+    predict_file(
+        predictor, input, output, output_format=output_format, batch_size=batch_size, keep=keep
+    )
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+@user_errors
+def info(model: str, as_json: bool) -> None:
+    """Show what MODEL expects and returns, its metadata, opset and manifest status."""
+    from pomona.runtime.model_info import describe
+
+    facts = describe(model)
+    if as_json:
+        click.echo(json.dumps(facts, indent=2))
+        return
+    click.echo(_render(facts))
+
+
+def _render(facts: dict[str, Any]) -> str:
+    lines = [f"model      {facts['path']}", f"sha256     {facts['sha256']}"]
+    lines.append(f"manifest   {facts['manifest']['status']}: {facts['manifest']['detail']}")
+    lines.append(f"ir/opset   IR {facts['ir_version']}, opset {_opsets(facts['opset'])}")
+    if facts.get("producer"):
+        lines.append(f"producer   {facts['producer']}")
+    for kind in ("inputs", "outputs"):
+        for tensor in facts[kind]:
+            shape = "[" + ", ".join(str(d) for d in tensor["shape"]) + "]"
+            lines.append(f"{kind[:-1]:<10} {tensor['name']} {tensor['type']} {shape}")
+    lines.append(f"features   {', '.join(facts['feature_names'])}")
+    lines.append(f"targets    {', '.join(facts['target_names'])}")
+    lines.append("metadata")
+    for key, value in sorted(facts["metadata"].items()):
+        lines.append(f"  {key} = {value}")
+    return "\n".join(lines)
+
+
+def _opsets(opset: dict[str, int]) -> str:
+    if not opset:
+        return "unknown"
+    return ", ".join(f"{domain or 'ai.onnx'} {version}" for domain, version in opset.items())
