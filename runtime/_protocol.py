@@ -1,0 +1,287 @@
+"""Open Inference Protocol (KServe V2) inference requests and responses, REST flavour.
+
+Parses the JSON body of ``POST /v2/models/{name}/infer``, including the binary tensor
+data extension (``Inference-Header-Content-Length``, ``binary_data_size``), into one
+float32 ``[rows, features]`` array, and encodes predictions as JSON or binary outputs.
+Everything a client can get wrong raises :class:`RequestError` with an HTTP status.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+
+from pomona.runtime.errors import PomonaError
+
+__all__ = [
+    "BINARY_EXTENSION",
+    "InferRequest",
+    "RequestError",
+    "encode_response",
+    "parse_request",
+]
+
+#: Name under which servers announce the binary tensor data extension in ``GET /v2``.
+BINARY_EXTENSION = "binary_tensor_data"
+
+# Datatypes a client may send; each is cast to float32 before it reaches the model.
+_WIRE_DTYPES: dict[str, np.dtype[Any]] = {
+    "FP32": np.dtype("<f4"),
+    "FP64": np.dtype("<f8"),
+    "INT8": np.dtype("i1"),
+    "INT16": np.dtype("<i2"),
+    "INT32": np.dtype("<i4"),
+    "INT64": np.dtype("<i8"),
+    "UINT8": np.dtype("u1"),
+    "UINT16": np.dtype("<u2"),
+    "UINT32": np.dtype("<u4"),
+    "UINT64": np.dtype("<u8"),
+}
+# Datatypes the protocol defines but a regression model on numbers cannot take.
+_OTHER_DTYPES = frozenset({"BOOL", "FP16", "BF16", "BYTES"})
+_FLOAT32 = np.dtype(np.float32)
+_FLOAT_KINDS = frozenset("fiu")
+_INT_KINDS = frozenset("iu")
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+_PY_NUMBERS = frozenset({float, int})
+_SMALL = 256  # flat JSON data up to this many values takes the quick path
+
+
+class RequestError(PomonaError):
+    """A request the server cannot answer as asked; ``status`` is its HTTP status."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.http_status = status
+
+
+@dataclass(frozen=True)
+class InferRequest:
+    """What one inference request asks for, ready for the model."""
+
+    features: np.ndarray  # float32 [rows, features]
+    id: str | None
+    binary_output: bool  # whether the (single) output goes back as binary data
+
+
+def _is_int(value: object) -> bool:
+    return type(value) is int
+
+
+def _object(value: object, what: str) -> dict[str, Any]:
+    if type(value) is not dict:
+        raise RequestError(f"{what} must be a JSON object")
+    return value
+
+
+def _bool_param(params: dict[str, Any], key: str, what: str) -> bool | None:
+    value = params.get(key)
+    if value is None or type(value) is bool:
+        return value
+    raise RequestError(f"{what} parameter {key!r} must be true or false")
+
+
+def parse_request(
+    body: bytes | memoryview,
+    header_length: int | None,
+    *,
+    input_name: str,
+    output_name: str,
+    n_features: int,
+) -> InferRequest:
+    """Turn an infer request body into an :class:`InferRequest`.
+
+    ``header_length`` is the value of ``Inference-Header-Content-Length``: the JSON
+    object's size when binary tensor data follows it, ``None`` for a JSON-only body.
+    """
+    view = memoryview(body)
+    if header_length is None:
+        head, binary = view, view[:0]
+    else:
+        if header_length > len(view):
+            raise RequestError(
+                f"Inference-Header-Content-Length {header_length} exceeds the body size {len(view)}"
+            )
+        head, binary = view[:header_length], view[header_length:]
+    try:
+        doc = orjson.loads(head)
+    except orjson.JSONDecodeError as err:
+        raise RequestError(f"malformed JSON: {err}") from None
+    doc = _object(doc, "the request")
+
+    request_id = doc.get("id")
+    if request_id is not None and type(request_id) is not str:
+        raise RequestError("'id' must be a string")
+    params = doc.get("parameters")
+    params = {} if params is None else _object(params, "'parameters'")
+    binary_default = bool(_bool_param(params, "binary_data_output", "request"))
+
+    inputs = doc.get("inputs")
+    if type(inputs) is not list:
+        raise RequestError("'inputs' must be a list of input tensors")
+    features: np.ndarray | None = None
+    offset = 0
+    for index, tensor in enumerate(inputs):
+        tensor = _object(tensor, f"inputs[{index}]")
+        name = tensor.get("name")
+        if type(name) is not str:
+            raise RequestError(f"inputs[{index}] needs a 'name' string")
+        if name != input_name:
+            raise RequestError(
+                f"unexpected input {name!r}; the model takes one input {input_name!r}"
+            )
+        if features is not None:
+            raise RequestError(f"input {name!r} is given more than once")
+        features, offset = _parse_tensor(tensor, binary, offset, name, n_features)
+    if features is None:
+        raise RequestError(f"missing input {input_name!r}")
+    if offset != len(binary):
+        raise RequestError(
+            f"{len(binary) - offset} bytes of binary data after the JSON header "
+            "belong to no input (check binary_data_size)"
+        )
+
+    binary_output = binary_default
+    outputs = doc.get("outputs")
+    if outputs is not None:
+        if type(outputs) is not list:
+            raise RequestError("'outputs' must be a list of requested outputs")
+        seen = False
+        for index, wanted in enumerate(outputs):
+            wanted = _object(wanted, f"outputs[{index}]")
+            name = wanted.get("name")
+            if name != output_name:
+                raise RequestError(
+                    f"unknown output {name!r}; the model returns one output {output_name!r}"
+                )
+            if seen:
+                raise RequestError(f"output {name!r} is requested more than once")
+            seen = True
+            out_params = wanted.get("parameters")
+            if out_params is not None:
+                out_params = _object(out_params, f"outputs[{index}].parameters")
+                if out_params.get("classification") is not None:
+                    raise RequestError("the classification extension is not supported")
+                flag = _bool_param(out_params, "binary_data", f"output {name!r}")
+                if flag is not None:
+                    binary_output = flag
+    return InferRequest(features=features, id=request_id, binary_output=binary_output)
+
+
+def _parse_tensor(
+    tensor: dict[str, Any], binary: memoryview, offset: int, name: str, n_features: int
+) -> tuple[np.ndarray, int]:
+    datatype = tensor.get("datatype")
+    wire = _WIRE_DTYPES.get(datatype) if type(datatype) is str else None
+    if wire is None:
+        if datatype in _OTHER_DTYPES:
+            raise RequestError(
+                f"input {name!r}: datatype {datatype} is not supported; "
+                "send FP32 (or FP64 or an integer type)"
+            )
+        raise RequestError(f"input {name!r}: unknown datatype {datatype!r}")
+    shape = tensor.get("shape")
+    if type(shape) is not list or not all(_is_int(d) and d >= 0 for d in shape):
+        raise RequestError(f"input {name!r}: 'shape' must be a list of non-negative integers")
+    if len(shape) != 2 or shape[1] != n_features:
+        raise RequestError(
+            f"input {name!r}: expected shape [rows, {n_features}] ({n_features} features "
+            f"per row), got {shape}"
+        )
+    count = shape[0] * shape[1]
+    params = tensor.get("parameters")
+    size = None
+    if params is not None:
+        size = _object(params, f"input {name!r} parameters").get("binary_data_size")
+    if size is not None:
+        if not _is_int(size) or size < 0:
+            raise RequestError(f"input {name!r}: binary_data_size must be a non-negative integer")
+        if "data" in tensor:
+            raise RequestError(f"input {name!r} has both 'data' and binary_data_size")
+        if size != count * wire.itemsize:
+            raise RequestError(
+                f"input {name!r}: binary_data_size {size} does not match shape {shape} of "
+                f"{datatype} ({count * wire.itemsize} bytes)"
+            )
+        if offset + size > len(binary):
+            raise RequestError(
+                f"input {name!r}: binary_data_size {size} exceeds the "
+                f"{len(binary) - offset} bytes of binary data left in the body"
+            )
+        arr = np.frombuffer(binary[offset : offset + size], dtype=wire)
+        return _as_float32(arr).reshape(shape), offset + size
+
+    data = tensor.get("data")
+    if type(data) is not list:
+        raise RequestError(f"input {name!r} needs 'data' (a list) or binary_data_size")
+    # A few flat numbers, as most requests carry: once they are known to be plain
+    # numbers within float32's range, the cast needs no overflow guard.
+    if (
+        0 < len(data) <= _SMALL
+        and len(data) == count
+        and wire.kind == "f"
+        and set(map(type, data)) <= _PY_NUMBERS
+        and min(data) >= -_FLOAT32_MAX
+        and max(data) <= _FLOAT32_MAX
+    ):
+        return np.array(data, dtype=_FLOAT32).reshape(shape), offset
+    try:
+        arr = np.asarray(data)
+    except ValueError:
+        raise RequestError(f"input {name!r}: 'data' is ragged; expected {shape}") from None
+    kinds = _INT_KINDS if wire.kind in _INT_KINDS else _FLOAT_KINDS
+    if arr.dtype.kind not in kinds:
+        if arr.size == 0:
+            arr = arr.astype(_FLOAT32)
+        else:
+            what = "integers" if kinds is _INT_KINDS else "numbers"
+            raise RequestError(f"input {name!r}: 'data' must hold only {what} for {datatype}")
+    if arr.size != count:
+        raise RequestError(
+            f"input {name!r}: 'data' holds {arr.size} values but shape {shape} needs {count}"
+        )
+    if arr.ndim != 1 and arr.shape != tuple(shape):
+        raise RequestError(
+            f"input {name!r}: nested 'data' has shape {list(arr.shape)}, not {shape}"
+        )
+    return _as_float32(arr).reshape(shape), offset
+
+
+def _as_float32(arr: np.ndarray) -> np.ndarray:
+    if arr.dtype is _FLOAT32:
+        if not arr.flags.aligned:
+            return arr.copy()
+        return arr
+    with np.errstate(over="ignore"):  # too large for float32: inf, refused as non-finite
+        return arr.astype(_FLOAT32)
+
+
+def encode_response(
+    predictions: np.ndarray,
+    *,
+    model_name: str,
+    model_version: str,
+    output_name: str,
+    request_id: str | None,
+    binary_output: bool,
+) -> tuple[bytes, int | None]:
+    """Encode a response body; also return the JSON header length when binary data follows."""
+    output: dict[str, Any] = {
+        "name": output_name,
+        "datatype": "FP32",
+        "shape": list(predictions.shape),
+    }
+    doc: dict[str, Any] = {"model_name": model_name, "model_version": model_version}
+    if request_id is not None:
+        doc["id"] = request_id
+    doc["outputs"] = [output]
+    if binary_output:
+        raw = np.ascontiguousarray(predictions, dtype="<f4").tobytes()
+        output["parameters"] = {"binary_data_size": len(raw)}
+        head = orjson.dumps(doc)
+        return head + raw, len(head)
+    output["data"] = predictions.ravel()
+    return orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY), None

@@ -1,0 +1,691 @@
+"""``pomona serve`` over real HTTP: protocol, tritonclient, errors, concurrency, shutdown.
+
+Every test talks to a real server process started with ``python -m pomona.runtime.cli
+serve`` on 127.0.0.1 and a free port.
+"""
+
+from __future__ import annotations
+
+import gzip
+import http.client
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+from pomona.runtime.predictor import Predictor
+from tests.conftest import POMONA, run_pomona
+from tests.onnx_models import CROP_FEATURES, make_linear_onnx, reference_predictions
+
+MAX_BODY = 256 * 1024  # small limit, so oversized bodies are cheap to send
+INFER = "/v2/models/pomona/infer"
+_READY_POLLS = 1200  # x 0.05 s: how long a server may take to start before the test fails
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Server:
+    """A ``pomona serve`` subprocess on 127.0.0.1 and a free port."""
+
+    def __init__(self, model: Path, log: Path, *options: str) -> None:
+        self.port = free_port()
+        self.url = f"127.0.0.1:{self.port}"
+        self.log = log
+        with open(log, "w") as stderr:
+            self.proc = subprocess.Popen(
+                [*POMONA, "serve", str(model), "--port", str(self.port), *options],
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+            )
+        for _ in range(_READY_POLLS):
+            if self.proc.poll() is not None:
+                pytest.fail(f"server exited with {self.proc.returncode}: {log.read_text()}")
+            try:
+                if self.request("GET", "/v2/health/ready")[0] == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        self.proc.kill()
+        pytest.fail(f"server did not become ready: {log.read_text()}")
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, dict[str, str], bytes]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        try:
+            conn.request(method, path, body=body, headers=headers or {})
+            response = conn.getresponse()
+            data = response.read()
+            return response.status, {k.lower(): v for k, v in response.getheaders()}, data
+        finally:
+            conn.close()
+
+    def infer(self, doc: object, **headers: str) -> tuple[int, dict[str, object]]:
+        status, _, body = self.request("POST", INFER, json.dumps(doc).encode(), headers)
+        return status, json.loads(body)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=120)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_linear_onnx(tmp_path_factory.mktemp("model") / "model.onnx")
+
+
+@pytest.fixture(scope="module")
+def server(model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    log = tmp_path_factory.mktemp("log") / "serve.log"
+    srv = Server(model, log, "--max-body-size", str(MAX_BODY), "--log-level", "warning")
+    yield srv
+    assert srv.stop() == 0, log.read_text()
+    assert "Traceback" not in log.read_text()
+
+
+def features_tensor(x: np.ndarray, datatype: str = "FP32") -> dict[str, object]:
+    return {"name": "features", "shape": list(x.shape), "datatype": datatype, "data": x.tolist()}
+
+
+# -- protocol endpoints ---------------------------------------------------------------------
+
+
+def test_health_and_metadata(server: Server) -> None:
+    for path in ("/v2/health/live", "/v2/health/ready", "/v2/models/pomona/ready"):
+        assert server.request("GET", path)[0] == 200
+    assert server.request("GET", "/v2/models/pomona/versions/1/ready")[0] == 200
+    status, _, body = server.request("GET", "/v2")
+    meta = json.loads(body)
+    assert status == 200
+    assert meta["name"] == "pomona" and "binary_tensor_data" in meta["extensions"]
+    assert isinstance(meta["version"], str)
+    for path in ("/v2/models/pomona", "/v2/models/pomona/versions/1"):
+        status, _, body = server.request("GET", path)
+        model_meta = json.loads(body)
+        assert status == 200
+        assert model_meta["name"] == "pomona" and model_meta["versions"] == ["1"]
+        assert model_meta["inputs"] == [{"name": "features", "datatype": "FP32", "shape": [-1, 3]}]
+        assert model_meta["outputs"] == [
+            {"name": "predictions", "datatype": "FP32", "shape": [-1, 2]}
+        ]
+
+
+def test_json_infer_flat_and_nested(server: Server) -> None:
+    x = np.array([[1, 2, 3], [4, 5, 6]], dtype=np.float32)
+    flat = {"name": "features", "shape": [2, 3], "datatype": "FP32", "data": x.ravel().tolist()}
+    for tensor in (flat, features_tensor(x)):
+        status, doc = server.infer({"id": "req-7", "inputs": [tensor]})
+        assert status == 200, doc
+        assert doc["model_name"] == "pomona" and doc["model_version"] == "1"
+        assert doc["id"] == "req-7"
+        (output,) = doc["outputs"]  # type: ignore[misc]
+        assert output["name"] == "predictions" and output["datatype"] == "FP32"
+        assert output["shape"] == [2, 2]
+        np.testing.assert_array_equal(
+            np.array(output["data"], dtype=np.float32).reshape(2, 2), reference_predictions(x)
+        )
+
+
+@pytest.mark.parametrize("datatype", ["FP64", "INT32", "INT64", "UINT8"])
+def test_json_other_numeric_datatypes_are_cast(server: Server, datatype: str) -> None:
+    x = np.array([[1, 2, 3]], dtype=np.float32)
+    status, doc = server.infer({"inputs": [features_tensor(x.astype(np.int64), datatype)]})
+    assert status == 200, doc
+    assert doc["outputs"][0]["data"] == reference_predictions(x).ravel().tolist()  # type: ignore[index]
+
+
+def test_binary_request_and_response_by_hand(server: Server) -> None:
+    x = np.array([[0.5, 1.5, -2.0], [3.0, 4.0, 5.0], [6, 7, 8]], dtype=np.float32)
+    raw = x.astype("<f4").tobytes()
+    head = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "features",
+                    "shape": [3, 3],
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": len(raw)},
+                }
+            ],
+            "outputs": [{"name": "predictions", "parameters": {"binary_data": True}}],
+        }
+    ).encode()
+    status, headers, body = server.request(
+        "POST", INFER, head + raw, {"Inference-Header-Content-Length": str(len(head))}
+    )
+    assert status == 200, body
+    assert headers["content-type"] == "application/octet-stream"
+    length = int(headers["inference-header-content-length"])
+    doc = json.loads(body[:length])
+    output = doc["outputs"][0]
+    assert output["shape"] == [3, 2] and "data" not in output
+    assert output["parameters"]["binary_data_size"] == 3 * 2 * 4 == len(body) - length
+    y = np.frombuffer(body[length:], dtype="<f4").reshape(3, 2)
+    np.testing.assert_array_equal(y, reference_predictions(x))
+
+
+# -- tritonclient, unmodified ---------------------------------------------------------------
+
+
+@pytest.fixture
+def triton(server: Server) -> Iterator[httpclient.InferenceServerClient]:
+    client = httpclient.InferenceServerClient(url=server.url)
+    yield client
+    client.close()
+
+
+def test_tritonclient_health_and_metadata(triton: httpclient.InferenceServerClient) -> None:
+    assert triton.is_server_live()
+    assert triton.is_server_ready()
+    assert triton.is_model_ready("pomona")
+    assert triton.is_model_ready("pomona", model_version="1")
+    assert not triton.is_model_ready("nosuchmodel")
+    assert "binary_tensor_data" in triton.get_server_metadata()["extensions"]
+    meta = triton.get_model_metadata("pomona")
+    assert meta["inputs"][0]["shape"] == [-1, len(CROP_FEATURES)]
+
+
+@pytest.mark.parametrize("binary_in", [False, True], ids=["json-in", "binary-in"])
+@pytest.mark.parametrize("binary_out", [False, True, None], ids=["json-out", "bin-out", "default"])
+def test_tritonclient_infer_matches_predictor(
+    triton: httpclient.InferenceServerClient,
+    model: Path,
+    binary_in: bool,
+    binary_out: bool | None,
+) -> None:
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(17, 3)).astype(np.float32)
+    tensor = httpclient.InferInput("features", list(x.shape), "FP32")
+    tensor.set_data_from_numpy(x, binary_data=binary_in)
+    outputs = (
+        None
+        if binary_out is None
+        else [httpclient.InferRequestedOutput("predictions", binary_data=binary_out)]
+    )
+    result = triton.infer("pomona", [tensor], outputs=outputs, request_id="abc")
+    expected = Predictor(model).predict(x)
+    np.testing.assert_array_equal(result.as_numpy("predictions"), expected)
+    response = result.get_response()
+    assert response["id"] == "abc" and response["model_name"] == "pomona"
+    is_binary = "binary_data_size" in response["outputs"][0].get("parameters", {})
+    assert is_binary == (binary_out is not False)
+
+
+@pytest.mark.parametrize("compression", ["gzip", "deflate"])
+def test_tritonclient_compressed_request_and_other_dtype(
+    triton: httpclient.InferenceServerClient, model: Path, compression: str
+) -> None:
+    x = np.arange(30, dtype=np.float64).reshape(10, 3)
+    tensor = httpclient.InferInput("features", list(x.shape), "FP64")
+    tensor.set_data_from_numpy(x, binary_data=True)
+    result = triton.infer(
+        "pomona", [tensor], model_version="1", request_compression_algorithm=compression
+    )
+    np.testing.assert_array_equal(result.as_numpy("predictions"), Predictor(model).predict(x))
+
+
+def test_tritonclient_sees_error_message(triton: httpclient.InferenceServerClient) -> None:
+    tensor = httpclient.InferInput("features", [1, 4], "FP32")
+    tensor.set_data_from_numpy(np.ones((1, 4), dtype=np.float32))
+    with pytest.raises(InferenceServerException, match=r"\[rows, 3\]"):
+        triton.infer("pomona", [tensor])
+    with pytest.raises(InferenceServerException, match="unknown model 'other'"):
+        triton.infer("other", [tensor])
+
+
+# -- malformed requests ---------------------------------------------------------------------
+
+_ONE = {"name": "features", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}
+_RAW = np.ones((1, 3), dtype="<f4").tobytes()
+
+
+def _doc(**fields: object) -> bytes:
+    return json.dumps(fields).encode()
+
+
+def _binary(
+    size: int, extra: bytes = b"", declared: int | None = None, **fields: object
+) -> tuple[bytes, dict]:
+    tensor = {"name": "features", "shape": [1, 3], "datatype": "FP32", **fields}
+    head = _doc(inputs=[{**tensor, "parameters": {"binary_data_size": size}}])
+    length = len(head) if declared is None else declared
+    return head + _RAW + extra, {"Inference-Header-Content-Length": str(length)}
+
+
+_BIG_BODY = b" " * (MAX_BODY + 1)
+_nan_body, _nan_headers = _binary(12)
+_nan_body = _nan_body[: -len(_RAW)] + np.array([[1, np.nan, 3]], dtype="<f4").tobytes()
+
+# (id, method, path, body, headers, status, message pattern)
+BAD_REQUESTS: list[tuple[str, str, str, bytes | None, dict, int, str]] = [
+    ("malformed-json", "POST", INFER, b'{"inputs": [', {}, 400, "malformed JSON"),
+    ("not-utf8", "POST", INFER, b"\xff\xfe", {}, 400, "malformed JSON"),
+    ("empty-body", "POST", INFER, b"", {}, 400, "malformed JSON"),
+    ("not-an-object", "POST", INFER, b"[1, 2]", {}, 400, "JSON object"),
+    ("no-inputs", "POST", INFER, _doc(id="x"), {}, 400, "'inputs'"),
+    ("inputs-not-list", "POST", INFER, _doc(inputs={"a": 1}), {}, 400, "'inputs'"),
+    ("missing-input", "POST", INFER, _doc(inputs=[]), {}, 400, "missing input 'features'"),
+    (
+        "extra-input",
+        "POST",
+        INFER,
+        _doc(inputs=[_ONE, {**_ONE, "name": "other"}]),
+        {},
+        400,
+        "unexpected input 'other'",
+    ),
+    ("duplicate-input", "POST", INFER, _doc(inputs=[_ONE, _ONE]), {}, 400, "more than once"),
+    ("input-not-object", "POST", INFER, _doc(inputs=[3]), {}, 400, "JSON object"),
+    ("no-name", "POST", INFER, _doc(inputs=[{"shape": [1, 3]}]), {}, 400, "'name'"),
+    (
+        "shape-data-mismatch",
+        "POST",
+        INFER,
+        _doc(inputs=[{**_ONE, "shape": [2, 3]}]),
+        {},
+        400,
+        "holds 3 values",
+    ),
+    (
+        "wrong-feature-count",
+        "POST",
+        INFER,
+        _doc(inputs=[{**_ONE, "shape": [1, 4], "data": [1, 2, 3, 4]}]),
+        {},
+        400,
+        r"\[rows, 3\]",
+    ),
+    ("one-dim-shape", "POST", INFER, _doc(inputs=[{**_ONE, "shape": [3]}]), {}, 400, "shape"),
+    ("bad-shape", "POST", INFER, _doc(inputs=[{**_ONE, "shape": [1, -3]}]), {}, 400, "shape"),
+    (
+        "no-rows",
+        "POST",
+        INFER,
+        _doc(inputs=[{**_ONE, "shape": [0, 3], "data": []}]),
+        {},
+        400,
+        "row",
+    ),
+    (
+        "ragged-data",
+        "POST",
+        INFER,
+        _doc(inputs=[{**_ONE, "shape": [2, 3], "data": [[1, 2, 3], [4, 5]]}]),
+        {},
+        400,
+        "ragged",
+    ),
+    (
+        "nested-wrong-shape",
+        "POST",
+        INFER,
+        _doc(inputs=[{**_ONE, "shape": [2, 3], "data": [[1, 2], [3, 4], [5, 6]]}]),
+        {},
+        400,
+        "nested",
+    ),
+    (
+        "string-data",
+        "POST",
+        INFER,
+        _doc(inputs=[{**_ONE, "data": [1, "2", 3]}]),
+        {},
+        400,
+        "only numbers",
+    ),
+    (
+        "bool-data",
+        "POST",
+        INFER,
+        _doc(inputs=[{**_ONE, "data": [True, False, True]}]),
+        {},
+        400,
+        "only numbers",
+    ),
+    ("null-data", "POST", INFER, _doc(inputs=[{**_ONE, "data": None}]), {}, 400, "'data'"),
+    (
+        "float-for-int",
+        "POST",
+        INFER,
+        _doc(inputs=[{**_ONE, "datatype": "INT32", "data": [1.5, 2, 3]}]),
+        {},
+        400,
+        "only integers",
+    ),
+    (
+        "non-finite-overflow",
+        "POST",
+        INFER,
+        _doc(inputs=[{**_ONE, "datatype": "FP64", "data": [1, 1e300, 3]}]),
+        {},
+        400,
+        "non-finite",
+    ),
+    ("non-finite-binary", "POST", INFER, _nan_body, _nan_headers, 400, "non-finite"),
+    (
+        "unknown-datatype",
+        "POST",
+        INFER,
+        _doc(inputs=[{**_ONE, "datatype": "FLOAT"}]),
+        {},
+        400,
+        "unknown datatype",
+    ),
+    (
+        "unsupported-datatype",
+        "POST",
+        INFER,
+        _doc(inputs=[{**_ONE, "datatype": "BYTES"}]),
+        {},
+        400,
+        "not supported",
+    ),
+    ("id-not-string", "POST", INFER, _doc(id=5, inputs=[_ONE]), {}, 400, "'id'"),
+    (
+        "bad-binary-output-flag",
+        "POST",
+        INFER,
+        _doc(inputs=[_ONE], parameters={"binary_data_output": "yes"}),
+        {},
+        400,
+        "binary_data_output",
+    ),
+    (
+        "unknown-output",
+        "POST",
+        INFER,
+        _doc(inputs=[_ONE], outputs=[{"name": "nope"}]),
+        {},
+        400,
+        "unknown output 'nope'",
+    ),
+    ("binary-size-mismatch", "POST", INFER, *_binary(8), 400, "binary_data_size 8"),
+    ("binary-trailing-bytes", "POST", INFER, *_binary(12, b"xx"), 400, "belong to no input"),
+    ("binary-header-too-long", "POST", INFER, *_binary(12, declared=10_000), 400, "exceeds"),
+    (
+        "binary-header-not-int",
+        "POST",
+        INFER,
+        _doc(inputs=[_ONE]),
+        {"Inference-Header-Content-Length": "ten"},
+        400,
+        "Inference-Header-Content-Length",
+    ),
+    ("binary-and-data", "POST", INFER, *_binary(12, data=[1, 2, 3]), 400, "both"),
+    ("oversized-body", "POST", INFER, _BIG_BODY, {}, 413, "exceeds the limit"),
+    (
+        "oversized-after-gzip",
+        "POST",
+        INFER,
+        gzip.compress(b" " * (MAX_BODY * 4)),
+        {"Content-Encoding": "gzip"},
+        413,
+        "exceeds the limit",
+    ),
+    (
+        "bad-gzip",
+        "POST",
+        INFER,
+        b"not gzip at all",
+        {"Content-Encoding": "gzip"},
+        400,
+        "not valid gzip",
+    ),
+    (
+        "truncated-deflate",
+        "POST",
+        INFER,
+        zlib.compress(_doc(inputs=[_ONE]))[:-6],
+        {"Content-Encoding": "deflate"},
+        400,
+        "truncated",
+    ),
+    (
+        "unknown-encoding",
+        "POST",
+        INFER,
+        _doc(inputs=[_ONE]),
+        {"Content-Encoding": "br"},
+        415,
+        "Content-Encoding",
+    ),
+    ("unknown-model", "POST", "/v2/models/other/infer", _doc(inputs=[_ONE]), {}, 404, "other"),
+    ("unknown-model-meta", "GET", "/v2/models/other", None, {}, 404, "unknown model"),
+    ("unknown-version", "GET", "/v2/models/pomona/versions/7/ready", None, {}, 404, "version"),
+    ("unknown-path", "GET", "/v1/models/pomona:predict", None, {}, 404, "no such endpoint"),
+    ("get-infer", "GET", INFER, None, {}, 405, "not allowed"),
+    ("post-health", "POST", "/v2/health/live", b"{}", {}, 405, "not allowed"),
+    ("delete-model", "DELETE", "/v2/models/pomona", None, {}, 405, "not allowed"),
+]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "headers", "status", "message"),
+    [case[1:] for case in BAD_REQUESTS],
+    ids=[case[0] for case in BAD_REQUESTS],
+)
+def test_malformed_request_gets_error_and_server_survives(
+    server: Server,
+    method: str,
+    path: str,
+    body: bytes | None,
+    headers: dict,
+    status: int,
+    message: str,
+) -> None:
+    got, response_headers, data = server.request(method, path, body, headers)
+    assert got == status, data
+    assert response_headers["content-type"] == "application/json"
+    doc = json.loads(data)
+    assert list(doc) == ["error"] and isinstance(doc["error"], str)
+    assert re.search(message, doc["error"]), doc["error"]
+    if status == 405:
+        assert response_headers["allow"]
+    # The server still answers, and correctly.
+    assert server.request("GET", "/v2/health/ready")[0] == 200
+    ok, answer = server.infer({"inputs": [_ONE]})
+    assert ok == 200
+    assert answer["outputs"][0]["data"] == reference_predictions([[1, 2, 3]]).ravel().tolist()  # type: ignore[index]
+
+
+def test_oversized_chunked_body_is_refused_while_streaming(server: Server) -> None:
+    chunk = b" " * 65536
+    chunks = iter([chunk] * (MAX_BODY // len(chunk) + 2))
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+    try:
+        conn.request("POST", INFER, body=chunks, encode_chunked=True)
+        response = conn.getresponse()
+        assert response.status == 413
+        assert "exceeds the limit" in json.loads(response.read())["error"]
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the server may close the connection before the last chunk is sent
+    finally:
+        conn.close()
+    assert server.request("GET", "/v2/health/ready")[0] == 200
+
+
+def test_metrics_count_requests_statuses_and_rows(server: Server) -> None:
+    x = np.ones((5, 3), dtype=np.float32)
+    assert server.infer({"inputs": [features_tensor(x)]})[0] == 200
+    assert server.request("GET", "/v2/models/nope")[0] == 404
+    status, headers, body = server.request("GET", "/metrics")
+    text = body.decode()
+    assert status == 200 and headers["content-type"].startswith("text/plain")
+    assert re.search(r'pomona_requests_total\{code="200",endpoint="infer"\} [1-9]', text)
+    assert re.search(r'pomona_requests_total\{code="404",endpoint="other"\} [1-9]', text)
+    assert re.search(r'pomona_request_duration_seconds_bucket\{endpoint="infer",le="\+Inf"\}', text)
+    rows = float(re.search(r"^pomona_rows_predicted_total (\S+)$", text, re.M).group(1))  # type: ignore[union-attr]
+    assert rows >= 5
+    assert re.search(r"^pomona_requests_in_flight 1\.0$", text, re.M)
+
+
+# -- concurrency ----------------------------------------------------------------------------
+
+
+def test_concurrent_clients_all_get_their_own_answers(server: Server) -> None:
+    threads, per_thread = 8, 40
+    failures: list[str] = []
+
+    def client(seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+        try:
+            for i in range(per_thread):
+                rows = int(rng.integers(1, 50))
+                x = rng.integers(-100, 100, size=(rows, 3)).astype(np.float32)
+                if i % 2:
+                    raw = x.astype("<f4").tobytes()
+                    tensor = {
+                        "name": "features",
+                        "shape": [rows, 3],
+                        "datatype": "FP32",
+                        "parameters": {"binary_data_size": len(raw)},
+                    }
+                    head = json.dumps({"id": f"{seed}-{i}", "inputs": [tensor]}).encode()
+                    headers = {"Inference-Header-Content-Length": str(len(head))}
+                    conn.request("POST", INFER, head + raw, headers)
+                else:
+                    doc = {"id": f"{seed}-{i}", "inputs": [features_tensor(x)]}
+                    conn.request("POST", INFER, json.dumps(doc).encode())
+                response = conn.getresponse()
+                answer = json.loads(response.read())
+                y = np.array(answer["outputs"][0]["data"], dtype=np.float32).reshape(rows, 2)
+                if response.status != 200 or answer["id"] != f"{seed}-{i}":
+                    failures.append(f"{seed}-{i}: {response.status} {answer}")
+                elif not np.array_equal(y, reference_predictions(x)):
+                    failures.append(f"{seed}-{i}: wrong predictions")
+        except Exception as err:  # collected and reported by the main thread
+            failures.append(f"{seed}: {err!r}")
+        finally:
+            conn.close()
+
+    workers = [threading.Thread(target=client, args=(seed,)) for seed in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert failures == []
+
+
+# -- operation ------------------------------------------------------------------------------
+
+
+def _in_flight(server: Server) -> int:
+    text = server.request("GET", "/metrics")[2].decode()
+    match = re.search(r"^pomona_requests_in_flight (\S+)$", text, re.M)
+    assert match is not None
+    return int(float(match.group(1)))
+
+
+def test_sigterm_finishes_in_flight_request_then_exits_zero(model: Path, tmp_path: Path) -> None:
+    srv = Server(model, tmp_path / "serve.log", "--log-level", "warning")
+    body = json.dumps({"id": "last", "inputs": [_ONE]}).encode()
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=60) as sock:
+        head = f"POST {INFER} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n"
+        sock.sendall(head.encode() + body[:10])
+        # Wait until the server is inside this request (the scrape itself counts as one).
+        for _ in range(_READY_POLLS):
+            if _in_flight(srv) >= 2:
+                break
+            time.sleep(0.05)
+        srv.proc.send_signal(signal.SIGTERM)
+        sock.sendall(body[10:])
+        response = b""
+        while chunk := sock.recv(65536):
+            response += chunk
+    assert response.startswith(b"HTTP/1.1 200"), response
+    assert json.loads(response.split(b"\r\n\r\n", 1)[1])["id"] == "last"
+    assert srv.proc.wait(timeout=120) == 0
+    assert "Traceback" not in srv.log.read_text()
+
+
+def test_several_workers_serve_and_stop_cleanly(model: Path, tmp_path: Path) -> None:
+    srv = Server(model, tmp_path / "serve.log", "--workers", "2", "--log-level", "warning")
+    try:
+        for _ in range(20):
+            status, doc = srv.infer({"inputs": [_ONE]})
+            assert status == 200, doc
+    finally:
+        assert srv.stop() == 0, srv.log.read_text()
+
+
+def test_custom_name_and_version_paths(model: Path, tmp_path: Path) -> None:
+    srv = Server(model, tmp_path / "serve.log", "--name", "crops", "--log-level", "warning")
+    try:
+        status, _, body = srv.request(
+            "POST", "/v2/models/crops/versions/1/infer", _doc(inputs=[_ONE])
+        )
+        assert status == 200 and json.loads(body)["model_name"] == "crops"
+        assert srv.request("GET", "/v2/models/pomona")[0] == 404
+    finally:
+        assert srv.stop() == 0
+
+
+def test_bad_model_exits_1_with_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "model.onnx"
+    bad.write_bytes(b"not an onnx model")
+    result = run_pomona("serve", bad, "--port", str(free_port()))
+    assert result.returncode == 1
+    assert result.stderr.startswith("Error: ") and "Traceback" not in result.stderr
+    assert "not a valid ONNX model" in result.stderr
+
+
+def test_model_changed_since_manifest_exits_1(model: Path, tmp_path: Path) -> None:
+    path = make_linear_onnx(tmp_path / "model.onnx")
+    manifest = {"artifacts": {"model.onnx": {"sha256": "0" * 64, "size": 1}}}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    result = run_pomona("serve", path, "--port", str(free_port()))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "manifest" in result.stderr and "--no-manifest-check" in result.stderr
+
+
+def test_usage_errors_exit_2(model: Path) -> None:
+    assert run_pomona("serve", model, "--workers", "0").returncode == 2
+    assert run_pomona("serve", model, "--max-body-size", "-1").returncode == 2
+    assert run_pomona("serve", model, "--name", "a/b").returncode == 2
+    assert run_pomona("serve", Path("no/such/model.onnx")).returncode == 2
+
+
+def test_missing_serve_extra_names_it(model: Path) -> None:
+    block_uvicorn = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'uvicorn':\n"
+        "            raise ModuleNotFoundError(\"No module named 'uvicorn'\", name='uvicorn')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "from pomona.runtime.cli import main\n"
+        f"main(['serve', {str(model)!r}])\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", block_uvicorn],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "PYTHONWARNINGS": "error"},
+    )
+    assert result.returncode == 1
+    assert "pip install 'pomona[serve]'" in result.stderr and "Traceback" not in result.stderr
