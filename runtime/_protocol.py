@@ -177,7 +177,7 @@ def _parse_tensor(
     datatype = tensor.get("datatype")
     wire = _WIRE_DTYPES.get(datatype) if type(datatype) is str else None
     if wire is None:
-        if datatype in _OTHER_DTYPES:
+        if type(datatype) is str and datatype in _OTHER_DTYPES:
             raise RequestError(
                 f"input {name!r}: datatype {datatype} is not supported; "
                 "send FP32 (or FP64 or an integer type)"
