@@ -16,6 +16,7 @@ import csv
 import io
 import json
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -355,6 +356,10 @@ def _locate(
                     pass
             except DataError as located:
                 return located
+    found = re.search(r"Row #(\d+): ", message)
+    if found:  # pyarrow counts lines from 1, the header included
+        message = message.replace(found.group(0), "")
+        return DataError(f"{name}: row {int(found.group(1)) - 1}: {message}")
     return DataError(f"{name}: unreadable CSV at or after row {row}: {message}")
 
 
@@ -374,7 +379,7 @@ def _read_jsonl(
                     continue
                 try:
                     obj = json.loads(line)
-                except ValueError as err:
+                except json.JSONDecodeError as err:
                     raise DataError(
                         f"{name}: row {row + len(objects)}: not a JSON object ({err.msg}; "
                         "truncated line?)"
@@ -395,8 +400,8 @@ def _read_jsonl(
             except KeyError:
                 i = next(i for i, obj in enumerate(objects) if column not in obj)
                 raise DataError(f"{name}: row {row + i}: missing column {column!r}") from None
-            if any(isinstance(v, (str, bool)) for v in values):
-                i = next(i for i, v in enumerate(values) if isinstance(v, (str, bool)))
+            if not all(type(v) in (int, float) for v in values):
+                i = next(i for i, v in enumerate(values) if type(v) not in (int, float))
                 raise _bad_cell(name, row + i, column, values[i])
             feats[:, j] = _to_float32(values, name, row, column)
         kept = {}
@@ -457,7 +462,7 @@ def _cast(array: np.ndarray) -> np.ndarray:
 
 def _float_strings(values: np.ndarray) -> list[str]:
     """Shortest strings that read back as the same float32 values."""
-    return values.astype(str).tolist()  # type: ignore[no-any-return]
+    return values.astype(str).tolist()
 
 
 class _Writer:
@@ -695,7 +700,7 @@ def _chain(first: Batch, rest: Iterator[Batch]) -> Iterator[Batch]:
 
 def _predict(predictor: Any, features: np.ndarray, name: str, first_row: int) -> np.ndarray:
     try:
-        return predictor.predict(features)  # type: ignore[no-any-return]
+        return predictor.predict(features)
     except InputError as err:
         bad = np.argwhere(~np.isfinite(features))
         if bad.size == 0:

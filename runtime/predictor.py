@@ -247,7 +247,7 @@ class Predictor:
                 self._raise_non_finite(arr)
         elif not math.isfinite(np.vdot(arr, arr)):
             self._raise_non_finite(arr)
-        return self._session.run(self._output_names, {self.input_name: arr})[0]  # type: ignore[no-any-return]
+        return self._session.run(self._output_names, {self.input_name: arr})[0]
 
     def predict_columns(self, columns: Mapping[str, ArrayLike] | Any) -> np.ndarray:
         """Predict from named columns (a mapping, pandas DataFrame or pyarrow table/batch).
@@ -275,11 +275,10 @@ class Predictor:
 
     def _as_float32(self, arr: np.ndarray) -> np.ndarray:
         kind = arr.dtype.kind
-        if kind in _NUMERIC_KINDS:
-            return arr.astype(np.float32)
-        if kind == "O":
+        if kind in _NUMERIC_KINDS or kind == "O":
             try:
-                return arr.astype(np.float32)
+                with np.errstate(over="ignore", invalid="ignore"):  # overflow -> inf, rejected
+                    return arr.astype(np.float32)
             except (TypeError, ValueError):
                 pass
         raise InputError(f"expected numbers for {self._expected}, got dtype {arr.dtype}")
