@@ -7,7 +7,6 @@ Imports numpy and onnxruntime only: no torch, no onnx package. One
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -33,6 +32,8 @@ _SMALL = 256  # up to this many values, check finiteness with a Python sum
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
     """Hex sha256 of a file, read in 1 MiB blocks."""
+    import hashlib  # only when there is a manifest to check
+
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -167,6 +168,7 @@ class Predictor:
         self.input_name: str = model_input.name
         self.output_name: str = model_output.name
         self._output_names = [model_output.name]
+        self._run = self._session.run
 
         self.metadata: dict[str, str] = dict(session.get_modelmeta().custom_metadata_map)
         features = _json_names(self.metadata, "pomona.feature_names", self.path)
@@ -222,32 +224,20 @@ class Predictor:
 
     def predict(self, x: ArrayLike) -> np.ndarray:
         """Predict ``[n, T]`` float32 from ``[n, F]`` (or one row ``[F]``) numbers."""
-        arr = x if type(x) is np.ndarray else np.asarray(x)
-        if arr.dtype is not _FLOAT32:
-            arr = self._as_float32(arr)
-        if arr.ndim != 2:
-            if arr.ndim != 1:
-                raise InputError(
-                    f"expected a [rows, features] array or one row of {self._expected}, "
-                    f"got {arr.ndim} dimensions with shape {arr.shape}"
-                )
-            arr = arr.reshape(1, -1)
-        elif not arr.flags.c_contiguous:
-            arr = np.ascontiguousarray(arr)
-        rows, width = arr.shape
-        if width != self.n_features:
-            raise InputError(f"expected {self._expected}, got {width}")
-        if rows == 0:
-            raise InputError(f"expected at least one row of {self._expected}, got none")
+        if type(x) is not np.ndarray or x.dtype is not _FLOAT32:
+            x = self._as_float32(np.asarray(x))
+        shape = x.shape
+        if len(shape) != 2 or shape[1] != self.n_features or not shape[0]:
+            x = self._one_row_or_raise(x)
         # NaN and inf propagate through a sum (a Python one is quickest for a few values,
         # a BLAS dot product for many); only when it is not finite (or overflowed) does
         # the exact check run, to name the offending cell.
-        if arr.size <= _SMALL:
-            if not math.isfinite(sum(arr.ravel().tolist())):
-                self._raise_non_finite(arr)
-        elif not math.isfinite(np.vdot(arr, arr)):
-            self._raise_non_finite(arr)
-        return self._session.run(self._output_names, {self.input_name: arr})[0]
+        if x.size <= _SMALL:
+            if not math.isfinite(sum(x.ravel().tolist())):
+                self._raise_non_finite(x)
+        elif not math.isfinite(np.vdot(x, x)):
+            self._raise_non_finite(x)
+        return self._run(self._output_names, {self.input_name: x})[0]
 
     def predict_columns(self, columns: Mapping[str, ArrayLike] | Any) -> np.ndarray:
         """Predict from named columns (a mapping, pandas DataFrame or pyarrow table/batch).
@@ -282,6 +272,21 @@ class Predictor:
             except (TypeError, ValueError):
                 pass
         raise InputError(f"expected numbers for {self._expected}, got dtype {arr.dtype}")
+
+    def _one_row_or_raise(self, arr: np.ndarray) -> np.ndarray:
+        if arr.ndim == 1:
+            arr = arr.reshape(1, -1)
+        elif arr.ndim != 2:
+            raise InputError(
+                f"expected a [rows, features] array or one row of {self._expected}, "
+                f"got {arr.ndim} dimensions with shape {arr.shape}"
+            )
+        rows, width = arr.shape
+        if width != self.n_features:
+            raise InputError(f"expected {self._expected}, got {width}")
+        if rows == 0:
+            raise InputError(f"expected at least one row of {self._expected}, got none")
+        return arr
 
     def _raise_non_finite(self, arr: np.ndarray) -> None:
         bad = np.argwhere(~np.isfinite(arr))

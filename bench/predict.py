@@ -1,0 +1,263 @@
+"""Prediction speed and memory: ``Predictor`` and ``pomona predict`` against references.
+
+Every ratio compares two things measured in this run, on this machine, best of several
+interleaved tries, so a busy machine slows both sides alike:
+
+* ``Predictor.predict`` at batch 1 and at 1M rows vs raw ``InferenceSession.run``;
+* ``pomona predict`` on a 1M-row CSV (CSV out) vs a pandas pipeline (``read_csv``,
+  matmul, ``to_csv``), and its peak RSS; the same on 10M rows, peak RSS vs 1M rows;
+* a one-row ``pomona predict`` vs ``python -c "import onnxruntime"``, and its peak RSS.
+
+The model is ``artifacts/model.onnx`` when present, else a linear model built with
+``onnx.helper``. Peak RSS of a child process is its ``ru_maxrss``.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+import timeit
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from pomona.runtime.predictor import Predictor
+
+REPO = Path(__file__).resolve().parent.parent
+ROWS = 1_000_000
+BIG_ROWS = 10_000_000
+MiB = 1 << 20
+
+# Limits from the runtime's speed targets (ratio <= limit passes).
+LIMITS = {
+    "batch1": 1.3,
+    "rows1m": 1.2,
+    "csv_time": 0.5,
+    "csv_rss_mib": 150,
+    "rss_10m_vs_1m": 1.2,
+    "one_row_time": 1.5,
+    "one_row_rss_mib": 80,
+}
+
+_PANDAS_PIPELINE = """
+import sys
+import numpy as np, onnxruntime as ort, pandas as pd
+session = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
+meta = session.get_modelmeta().custom_metadata_map
+import json
+features = json.loads(meta["pomona.feature_names"])
+targets = json.loads(meta["pomona.target_names"])
+frame = pd.read_csv(sys.argv[2])
+x = frame[features].to_numpy(np.float32)
+y = session.run(None, {session.get_inputs()[0].name: x})[0]
+pd.DataFrame(y, columns=targets).to_csv(sys.argv[3], index=False)
+"""
+
+
+def _model(folder: Path) -> Path:
+    artifact = REPO / "artifacts" / "model.onnx"
+    if artifact.is_file():
+        return artifact
+    sys.path.insert(0, str(REPO))
+    from tests.onnx_models import make_linear_onnx
+
+    return make_linear_onnx(folder / "model.onnx")
+
+
+# Runs one command and reports its wall time and peak RSS. The measuring process is
+# small on purpose: a child forked from a big process inherits that process's RSS
+# high-water mark in ru_maxrss.
+_MEASURE = """
+import resource, subprocess, sys, time
+start = time.perf_counter()
+code = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL).returncode
+wall = time.perf_counter() - start
+print(code, wall, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)
+"""
+
+
+def _child(command: Sequence[str | Path]) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MiB) of one child process (Linux: ru_maxrss is KiB)."""
+    result = subprocess.run(
+        [sys.executable, "-S", "-c", _MEASURE, *map(str, command)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    code, wall, rss = result.stdout.split()
+    if code != "0":
+        raise RuntimeError(f"{' '.join(map(str, command))} failed: {result.stderr}")
+    return float(wall), float(rss)
+
+
+def _best(
+    commands: dict[str, Sequence[str | Path]], repeats: int
+) -> dict[str, tuple[float, float]]:
+    """Best wall time and the peak RSS of each command, runs interleaved."""
+    best: dict[str, tuple[float, float]] = {}
+    for _ in range(repeats):
+        for name, command in commands.items():
+            wall, rss = _child(command)
+            old = best.get(name, (float("inf"), 0.0))
+            best[name] = (min(old[0], wall), max(old[1], rss))
+    return best
+
+
+def _interleaved(
+    calls: dict[str, Callable[[], object]], number: int, rounds: int
+) -> dict[str, float]:
+    best = {name: float("inf") for name in calls}
+    for _ in range(rounds):
+        for name, call in calls.items():
+            best[name] = min(best[name], min(timeit.repeat(call, number=number, repeat=3)) / number)
+    return best
+
+
+def _report(label: str, value: float, limit: float, detail: str) -> bool:
+    ok = value <= limit
+    print(f"{label:<46} {value:8.3f}  (limit {limit:g}) {'ok' if ok else 'OVER'}   {detail}")
+    return ok
+
+
+def _csv_block(x: np.ndarray) -> str:
+    ids = np.arange(len(x)).astype(str)
+    cells = np.column_stack([ids, np.char.mod("%.6g", x)])
+    return "\n".join(",".join(row) for row in cells.tolist()) + "\n"
+
+
+def _write_csv(path: Path, block: str, names: list[str], copies: int = 1) -> None:
+    with path.open("w") as handle:
+        handle.write(",".join(["id", *names]) + "\n")
+        for _ in range(copies):
+            handle.write(block)
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory(prefix="pomona-bench-") as tmp:
+        folder = Path(tmp)
+        model = _model(folder)
+        predictor = Predictor(model)
+        session = predictor.session
+        names, output = [predictor.input_name], [predictor.output_name]
+        print(f"model: {model} ({predictor.n_features} features -> {predictor.n_targets} targets)")
+        results = []
+
+        # -- Predictor vs raw onnxruntime -------------------------------------------------------
+        one = np.random.default_rng(0).normal(size=(1, predictor.n_features)).astype(np.float32)
+        times = _interleaved(
+            {
+                "raw": lambda: session.run(output, {names[0]: one}),
+                "predictor": lambda: predictor.predict(one),
+            },
+            number=20_000,
+            rounds=5,
+        )
+        results.append(
+            _report(
+                "Predictor.predict batch 1 / session.run",
+                times["predictor"] / times["raw"],
+                LIMITS["batch1"],
+                f"{times['predictor'] * 1e6:.2f} us vs {times['raw'] * 1e6:.2f} us",
+            )
+        )
+        rows = np.random.default_rng(1).uniform(0, 100, (ROWS, predictor.n_features))
+        rows = rows.astype(np.float32)
+        times = _interleaved(
+            {
+                "raw": lambda: session.run(output, {names[0]: rows}),
+                "predictor": lambda: predictor.predict(rows),
+            },
+            number=3,
+            rounds=5,
+        )
+        results.append(
+            _report(
+                "Predictor.predict 1M rows / session.run",
+                times["predictor"] / times["raw"],
+                LIMITS["rows1m"],
+                f"{times['predictor'] * 1e3:.1f} ms vs {times['raw'] * 1e3:.1f} ms",
+            )
+        )
+
+        # -- pomona predict on files -------------------------------------------------------------
+        pomona = Path(sys.executable).with_name("pomona")
+        cli: list[str | Path] = (
+            [pomona] if pomona.exists() else [sys.executable, "-m", "pomona.runtime.cli"]
+        )
+        source = folder / "rows-1m.csv"
+        block = _csv_block(rows)
+        _write_csv(source, block, predictor.feature_names)
+        pipeline = folder / "pandas_pipeline.py"
+        pipeline.write_text(_PANDAS_PIPELINE)
+        best = _best(
+            {
+                "pomona": [*cli, "predict", model, source, "-o", folder / "out-pomona.csv"],
+                "pandas": [sys.executable, pipeline, model, source, folder / "out-pandas.csv"],
+            },
+            repeats=3,
+        )
+        (pomona_time, pomona_rss), (pandas_time, pandas_rss) = best["pomona"], best["pandas"]
+        size = source.stat().st_size / 1e6
+        results.append(
+            _report(
+                f"pomona predict 1M-row CSV ({size:.0f} MB) / pandas",
+                pomona_time / pandas_time,
+                LIMITS["csv_time"],
+                f"{pomona_time:.2f} s vs {pandas_time:.2f} s",
+            )
+        )
+        results.append(
+            _report(
+                "pomona predict 1M-row CSV peak RSS (MiB)",
+                pomona_rss,
+                LIMITS["csv_rss_mib"],
+                f"pandas pipeline {pandas_rss:.0f} MiB",
+            )
+        )
+        big = folder / "rows-10m.csv"
+        _write_csv(big, block, predictor.feature_names, BIG_ROWS // ROWS)
+        del block
+        source.unlink()
+        big_time, big_rss = _child([*cli, "predict", model, big, "-o", folder / "out-10m.csv"])
+        big_size = big.stat().st_size / 1e6
+        big.unlink()
+        results.append(
+            _report(
+                f"pomona predict 10M-row CSV ({big_size:.0f} MB) peak RSS / 1M",
+                big_rss / pomona_rss,
+                LIMITS["rss_10m_vs_1m"],
+                f"{big_rss:.0f} MiB vs {pomona_rss:.0f} MiB; {big_time:.1f} s",
+            )
+        )
+
+        # -- one row: start-up cost ------------------------------------------------------------
+        tiny = folder / "one-row.csv"
+        header = ",".join(predictor.feature_names)
+        tiny.write_text(f"{header}\n{','.join(['1'] * predictor.n_features)}\n")
+        best = _best(
+            {
+                "pomona": [*cli, "predict", model, tiny, "-o", folder / "one-row-out.csv"],
+                "ort": [sys.executable, "-c", "import onnxruntime"],
+            },
+            repeats=7,
+        )
+        (one_time, one_rss), (ort_time, ort_rss) = best["pomona"], best["ort"]
+        results.append(
+            _report(
+                "pomona predict one row / import onnxruntime",
+                one_time / ort_time,
+                LIMITS["one_row_time"],
+                f"{one_time:.3f} s vs {ort_time:.3f} s",
+            )
+        )
+        results.append(
+            _report(
+                "pomona predict one row peak RSS (MiB)",
+                one_rss,
+                LIMITS["one_row_rss_mib"],
+                f"import onnxruntime {ort_rss:.0f} MiB",
+            )
+        )
+        print(f"predict: {sum(results)}/{len(results)} within limits")
