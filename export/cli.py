@@ -1,0 +1,88 @@
+"""``pomona export``: checkpoint -> model.onnx, model.pt, manifest.json, optionally for Triton."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from pomona.export.equivalence import EquivalenceReport
+from pomona.export.exporter import export_checkpoint
+from pomona.export.triton import valid_model_name
+from pomona.runtime._clikit import say, user_errors
+
+__all__ = ["export"]
+
+
+def _model_name(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    if not valid_model_name(value):
+        raise click.BadParameter("use letters, digits, '_', '.' or '-' (one folder name)")
+    return value
+
+
+def report_lines(report: EquivalenceReport) -> list[str]:
+    """A few lines summarizing an equivalence report for the terminal."""
+    sizes = ", ".join(map(str, report.batch_sizes))
+    source = (
+        f"{report.training_rows} training + {report.random_rows} random rows"
+        if report.training_rows
+        else f"{report.random_rows} random rows (training data not found)"
+    )
+    lines = [
+        f"Equivalence with the trained model (eager, unfolded) on {source}, "
+        f"batch sizes {sizes}; tolerance atol={report.atol:g}, rtol={report.rtol:g} "
+        "scaled to the output:"
+    ]
+    for check in report.checks:
+        verdict = "ok" if check.passed else "FAILED"
+        lines.append(
+            f"  {check.artifact:<10}  max abs diff {check.max_abs_diff:.3g}  "
+            f"max rel diff {check.max_rel_diff:.3g}  "
+            f"({check.worst_fraction_of_tolerance:.3g} of tolerance)  {verdict}"
+        )
+    return lines
+
+
+@click.command("export")
+@click.option(
+    "--checkpoint",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("artifacts/checkpoint.pt"),
+    show_default=True,
+    help="Checkpoint written by 'pomona train'.",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Folder for model.onnx, model.pt and manifest.json  [default: the checkpoint's folder]",
+)
+@click.option(
+    "--name",
+    default="pomona",
+    show_default=True,
+    callback=_model_name,
+    help="Model name: the ONNX graph name, in the manifest, and the Triton model folder.",
+)
+@click.option(
+    "--triton-repo",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Also write a Triton model repository entry: DIR/NAME/config.pbtxt and "
+    "DIR/NAME/1/model.onnx.",
+)
+@user_errors
+def export(checkpoint: Path, out: Path | None, name: str, triton_repo: Path | None) -> None:
+    """Export a checkpoint to ONNX and TorchScript, proven equivalent to the trained model.
+
+    Folds the standardization into the first layer, writes model.onnx, model.pt
+    and manifest.json, checks both artifacts against the trained model on the
+    training data plus random rows, and moves the files into place only if every
+    check passes. A failed export leaves earlier files untouched.
+    """
+    result = export_checkpoint(checkpoint, out, name=name, triton_repo=triton_repo)
+    graph = ", ".join(result.onnx_ops)
+    say(f"Wrote {', '.join(str(path) for path in result.files)}")
+    say(f"ONNX graph: {graph}")
+    for line in report_lines(result.report):
+        say(line)
