@@ -8,8 +8,7 @@ Everything a client can get wrong raises :class:`RequestError` with an HTTP stat
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import orjson
@@ -47,6 +46,7 @@ _FLOAT_KINDS = frozenset("fiu")
 _INT_KINDS = frozenset("iu")
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 _PY_NUMBERS = frozenset({float, int})
+_EMPTY = b""
 _SMALL = 256  # flat JSON data up to this many values takes the quick path
 
 
@@ -58,8 +58,7 @@ class RequestError(PomonaError):
         self.http_status = status
 
 
-@dataclass(frozen=True)
-class InferRequest:
+class InferRequest(NamedTuple):
     """What one inference request asks for, ready for the model."""
 
     features: np.ndarray  # float32 [rows, features]
@@ -67,25 +66,16 @@ class InferRequest:
     binary_output: bool  # whether the (single) output goes back as binary data
 
 
-def _is_int(value: object) -> bool:
-    return type(value) is int
+def _not_object(what: str) -> RequestError:
+    return RequestError(f"{what} must be a JSON object")
 
 
-def _object(value: object, what: str) -> dict[str, Any]:
-    if type(value) is not dict:
-        raise RequestError(f"{what} must be a JSON object")
-    return value
-
-
-def _bool_param(params: dict[str, Any], key: str, what: str) -> bool | None:
-    value = params.get(key)
-    if value is None or type(value) is bool:
-        return value
-    raise RequestError(f"{what} parameter {key!r} must be true or false")
+def _not_bool(what: str, key: str) -> RequestError:
+    return RequestError(f"{what} parameter {key!r} must be true or false")
 
 
 def parse_request(
-    body: bytes | memoryview,
+    body: bytes,
     header_length: int | None,
     *,
     input_name: str,
@@ -97,27 +87,36 @@ def parse_request(
     ``header_length`` is the value of ``Inference-Header-Content-Length``: the JSON
     object's size when binary tensor data follows it, ``None`` for a JSON-only body.
     """
-    view = memoryview(body)
     if header_length is None:
-        head, binary = view, view[:0]
+        head: bytes | memoryview = body
+        binary: bytes | memoryview = _EMPTY
     else:
-        if header_length > len(view):
+        if header_length > len(body):
             raise RequestError(
-                f"Inference-Header-Content-Length {header_length} exceeds the body size {len(view)}"
+                f"Inference-Header-Content-Length {header_length} exceeds the body size {len(body)}"
             )
+        view = memoryview(body)
         head, binary = view[:header_length], view[header_length:]
     try:
         doc = orjson.loads(head)
     except orjson.JSONDecodeError as err:
         raise RequestError(f"malformed JSON: {err}") from None
-    doc = _object(doc, "the request")
+    if type(doc) is not dict:
+        raise _not_object("the request")
 
     request_id = doc.get("id")
     if request_id is not None and type(request_id) is not str:
         raise RequestError("'id' must be a string")
+    binary_output = False
     params = doc.get("parameters")
-    params = {} if params is None else _object(params, "'parameters'")
-    binary_default = bool(_bool_param(params, "binary_data_output", "request"))
+    if params is not None:
+        if type(params) is not dict:
+            raise _not_object("'parameters'")
+        flag = params.get("binary_data_output")
+        if flag is not None:
+            if type(flag) is not bool:
+                raise _not_bool("request", "binary_data_output")
+            binary_output = flag
 
     inputs = doc.get("inputs")
     if type(inputs) is not list:
@@ -125,11 +124,12 @@ def parse_request(
     features: np.ndarray | None = None
     offset = 0
     for index, tensor in enumerate(inputs):
-        tensor = _object(tensor, f"inputs[{index}]")
+        if type(tensor) is not dict:
+            raise _not_object(f"inputs[{index}]")
         name = tensor.get("name")
-        if type(name) is not str:
-            raise RequestError(f"inputs[{index}] needs a 'name' string")
         if name != input_name:
+            if type(name) is not str:
+                raise RequestError(f"inputs[{index}] needs a 'name' string")
             raise RequestError(
                 f"unexpected input {name!r}; the model takes one input {input_name!r}"
             )
@@ -144,35 +144,44 @@ def parse_request(
             "belong to no input (check binary_data_size)"
         )
 
-    binary_output = binary_default
     outputs = doc.get("outputs")
     if outputs is not None:
-        if type(outputs) is not list:
-            raise RequestError("'outputs' must be a list of requested outputs")
-        seen = False
-        for index, wanted in enumerate(outputs):
-            wanted = _object(wanted, f"outputs[{index}]")
-            name = wanted.get("name")
-            if name != output_name:
-                raise RequestError(
-                    f"unknown output {name!r}; the model returns one output {output_name!r}"
-                )
-            if seen:
-                raise RequestError(f"output {name!r} is requested more than once")
-            seen = True
-            out_params = wanted.get("parameters")
-            if out_params is not None:
-                out_params = _object(out_params, f"outputs[{index}].parameters")
-                if out_params.get("classification") is not None:
-                    raise RequestError("the classification extension is not supported")
-                flag = _bool_param(out_params, "binary_data", f"output {name!r}")
-                if flag is not None:
-                    binary_output = flag
-    return InferRequest(features=features, id=request_id, binary_output=binary_output)
+        binary_output = _requested_outputs(outputs, output_name, binary_output)
+    return InferRequest(features, request_id, binary_output)
+
+
+def _requested_outputs(outputs: object, output_name: str, binary_output: bool) -> bool:
+    """Check the ``outputs`` a request names; return whether the output goes back binary."""
+    if type(outputs) is not list:
+        raise RequestError("'outputs' must be a list of requested outputs")
+    seen = False
+    for index, wanted in enumerate(outputs):
+        if type(wanted) is not dict:
+            raise _not_object(f"outputs[{index}]")
+        name = wanted.get("name")
+        if name != output_name:
+            raise RequestError(
+                f"unknown output {name!r}; the model returns one output {output_name!r}"
+            )
+        if seen:
+            raise RequestError(f"output {name!r} is requested more than once")
+        seen = True
+        params = wanted.get("parameters")
+        if params is not None:
+            if type(params) is not dict:
+                raise _not_object(f"outputs[{index}].parameters")
+            if params.get("classification") is not None:
+                raise RequestError("the classification extension is not supported")
+            flag = params.get("binary_data")
+            if flag is not None:
+                if type(flag) is not bool:
+                    raise _not_bool(f"output {name!r}", "binary_data")
+                binary_output = flag
+    return binary_output
 
 
 def _parse_tensor(
-    tensor: dict[str, Any], binary: memoryview, offset: int, name: str, n_features: int
+    tensor: dict[str, Any], binary: bytes | memoryview, offset: int, name: str, n_features: int
 ) -> tuple[np.ndarray, int]:
     datatype = tensor.get("datatype")
     wire = _WIRE_DTYPES.get(datatype) if type(datatype) is str else None
@@ -184,20 +193,20 @@ def _parse_tensor(
             )
         raise RequestError(f"input {name!r}: unknown datatype {datatype!r}")
     shape = tensor.get("shape")
-    if type(shape) is not list or not all(_is_int(d) and d >= 0 for d in shape):
-        raise RequestError(f"input {name!r}: 'shape' must be a list of non-negative integers")
-    if len(shape) != 2 or shape[1] != n_features:
-        raise RequestError(
-            f"input {name!r}: expected shape [rows, {n_features}] ({n_features} features "
-            f"per row), got {shape}"
-        )
-    count = shape[0] * shape[1]
+    if type(shape) is not list or len(shape) != 2 or shape[1] != n_features:
+        raise _bad_shape(name, shape, n_features)
+    rows = shape[0]
+    if type(rows) is not int or rows < 0 or type(shape[1]) is not int:
+        raise _bad_shape(name, shape, n_features)
+    count = rows * n_features
     params = tensor.get("parameters")
     size = None
     if params is not None:
-        size = _object(params, f"input {name!r} parameters").get("binary_data_size")
+        if type(params) is not dict:
+            raise _not_object(f"input {name!r} parameters")
+        size = params.get("binary_data_size")
     if size is not None:
-        if not _is_int(size) or size < 0:
+        if type(size) is not int or size < 0:
             raise RequestError(f"input {name!r}: binary_data_size must be a non-negative integer")
         if "data" in tensor:
             raise RequestError(f"input {name!r} has both 'data' and binary_data_size")
@@ -212,7 +221,7 @@ def _parse_tensor(
                 f"{len(binary) - offset} bytes of binary data left in the body"
             )
         arr = np.frombuffer(binary[offset : offset + size], dtype=wire)
-        return _as_float32(arr).reshape(shape), offset + size
+        return _as_float32(arr).reshape(rows, n_features), offset + size
 
     data = tensor.get("data")
     if type(data) is not list:
@@ -227,7 +236,7 @@ def _parse_tensor(
         and min(data) >= -_FLOAT32_MAX
         and max(data) <= _FLOAT32_MAX
     ):
-        return np.array(data, dtype=_FLOAT32).reshape(shape), offset
+        return np.array(data, dtype=_FLOAT32).reshape(rows, n_features), offset
     try:
         arr = np.asarray(data)
     except ValueError:
@@ -243,11 +252,18 @@ def _parse_tensor(
         raise RequestError(
             f"input {name!r}: 'data' holds {arr.size} values but shape {shape} needs {count}"
         )
-    if arr.ndim != 1 and arr.shape != tuple(shape):
+    if arr.ndim != 1 and arr.shape != (rows, n_features):
         raise RequestError(
             f"input {name!r}: nested 'data' has shape {list(arr.shape)}, not {shape}"
         )
-    return _as_float32(arr).reshape(shape), offset
+    return _as_float32(arr).reshape(rows, n_features), offset
+
+
+def _bad_shape(name: str, shape: object, n_features: int) -> RequestError:
+    return RequestError(
+        f"input {name!r}: 'shape' must be [rows, {n_features}] ({n_features} features per row), "
+        f"got {shape!r}"
+    )
 
 
 def _as_float32(arr: np.ndarray) -> np.ndarray:

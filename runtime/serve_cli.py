@@ -79,6 +79,12 @@ _LOG_LEVELS = ["critical", "error", "warning", "info", "debug"]
     show_default=True,
     help="Log one line per request (costs throughput).",
 )
+@click.option(
+    "--micro-batch/--no-micro-batch",
+    default=True,
+    show_default=True,
+    help="Predict small requests that arrive together in one onnxruntime call.",
+)
 @user_errors
 def serve(
     model: Path,
@@ -90,6 +96,7 @@ def serve(
     no_manifest_check: bool,
     log_level: str,
     access_log: bool,
+    micro_batch: bool,
 ) -> None:
     """Serve MODEL (model.onnx) over HTTP with the Open Inference Protocol (KServe V2).
 
@@ -114,6 +121,7 @@ def serve(
         check_manifest=not no_manifest_check,
         log_level=log_level.lower(),
         access_log=access_log,
+        micro_batch=micro_batch,
     )
     if not started:
         raise click.ClickException(f"the server did not start on {host}:{port}")

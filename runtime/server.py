@@ -14,6 +14,7 @@ status and ``{"error": "<message>"}``.
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import contextlib
 import copy
@@ -31,6 +32,7 @@ from pathlib import Path
 from time import perf_counter
 from typing import Any
 
+import numpy as np
 import orjson
 import prometheus_client
 import uvicorn
@@ -60,6 +62,7 @@ __all__ = [
     "app_from_env",
     "create_app",
     "run_server",
+    "uvicorn_options",
 ]
 
 #: Largest request body accepted, as in Triton (``--max-body-size``).
@@ -73,6 +76,7 @@ ENV_MODEL = "POMONA_SERVE_MODEL"
 ENV_NAME = "POMONA_SERVE_NAME"
 ENV_MAX_BODY_SIZE = "POMONA_SERVE_MAX_BODY_SIZE"
 ENV_CHECK_MANIFEST = "POMONA_SERVE_CHECK_MANIFEST"
+ENV_MICRO_BATCH = "POMONA_SERVE_MICRO_BATCH"
 
 logger = logging.getLogger("pomona.serve")
 
@@ -89,6 +93,8 @@ _NO_HEADERS: list[tuple[bytes, bytes]] = []
 _CLOSE = [(b"connection", b"close")]
 _MODEL_PATH = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?(/ready|/infer)?")
 # Latency buckets from 50 µs (a one-row request) to 10 s (a 64 MiB JSON body).
+# Requests of up to this many rows are predicted together when they arrive together.
+_BATCH_ROWS = 64
 _LATENCY_BUCKETS = (
     5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0,
     2.5, 5.0, 10.0,
@@ -156,6 +162,54 @@ class _Metrics:
         )
 
 
+class _MicroBatcher:
+    """Predict the small requests that arrive together in one onnxruntime call.
+
+    A request asks for its prediction and waits; the first one of an event-loop turn
+    schedules the call for the next turn, so every request parsed in the meantime
+    joins it. No timer: a lone request waits one loop turn, never a fixed delay.
+    """
+
+    def __init__(self, predictor: Predictor) -> None:
+        self._predict = predictor.predict
+        self._pending: list[tuple[np.ndarray, asyncio.Future[np.ndarray]]] = []
+
+    def predict(self, features: np.ndarray) -> asyncio.Future[np.ndarray]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[np.ndarray] = loop.create_future()
+        if not self._pending:
+            loop.call_soon(self._flush)
+        self._pending.append((features, future))
+        return future
+
+    def _flush(self) -> None:
+        pending, self._pending = self._pending, []
+        if len(pending) > 1:
+            try:
+                predictions: np.ndarray | None = self._predict(
+                    np.concatenate([x for x, _ in pending])
+                )
+            except Exception:
+                predictions = None  # one bad request must not fail the others: predict alone
+            if predictions is not None:
+                start = 0
+                for x, future in pending:
+                    stop = start + len(x)
+                    if not future.done():
+                        future.set_result(predictions[start:stop])
+                    start = stop
+                return
+        for x, future in pending:
+            try:
+                result = self._predict(x)
+            except Exception as err:
+                if not future.done():
+                    future.set_exception(err)
+            else:
+                if not future.done():
+                    future.set_result(result)
+
+
 class InferenceApp:
     """The ASGI application serving one :class:`Predictor` under the Open Inference Protocol."""
 
@@ -166,6 +220,7 @@ class InferenceApp:
         name: str = DEFAULT_MODEL_NAME,
         max_body_size: int = DEFAULT_MAX_BODY_SIZE,
         registry: prometheus_client.CollectorRegistry | None = None,
+        micro_batch: bool = True,
     ) -> None:
         if not name or "/" in name:
             raise ValueError(f"model name must be non-empty and contain no '/': {name!r}")
@@ -180,6 +235,7 @@ class InferenceApp:
         self._input_name = predictor.input_name
         self._output_name = predictor.output_name
         self._n_features = predictor.n_features
+        self._batcher = _MicroBatcher(predictor) if micro_batch else None
 
         self._server_metadata = orjson.dumps(
             {"name": SERVER_NAME, "version": _pomona_version(), "extensions": [BINARY_EXTENSION]}
@@ -335,7 +391,11 @@ class InferenceApp:
             output_name=self._output_name,
             n_features=self._n_features,
         )
-        predictions = self.predictor.predict(request.features)
+        features = request.features
+        if self._batcher is not None and len(features) <= _BATCH_ROWS:
+            predictions = await self._batcher.predict(features)
+        else:
+            predictions = self.predictor.predict(features)
         self.metrics.rows += len(predictions)
         payload, json_length = encode_response(
             predictions,
@@ -423,10 +483,11 @@ def create_app(
     name: str = DEFAULT_MODEL_NAME,
     max_body_size: int = DEFAULT_MAX_BODY_SIZE,
     check_manifest: bool = True,
+    micro_batch: bool = True,
 ) -> InferenceApp:
     """Load ``model`` (checking it against its manifest) and return the ASGI app serving it."""
     predictor = load_predictor(model, check_manifest=check_manifest)
-    return InferenceApp(predictor, name=name, max_body_size=max_body_size)
+    return InferenceApp(predictor, name=name, max_body_size=max_body_size, micro_batch=micro_batch)
 
 
 def app_from_env() -> InferenceApp:
@@ -436,6 +497,7 @@ def app_from_env() -> InferenceApp:
         name=os.environ.get(ENV_NAME, DEFAULT_MODEL_NAME),
         max_body_size=int(os.environ.get(ENV_MAX_BODY_SIZE, DEFAULT_MAX_BODY_SIZE)),
         check_manifest=os.environ.get(ENV_CHECK_MANIFEST, "1") == "1",
+        micro_batch=os.environ.get(ENV_MICRO_BATCH, "1") == "1",
     )
 
 
@@ -470,6 +532,23 @@ def _log_config(log_level: str) -> dict[str, Any]:
     return config
 
 
+def uvicorn_options(
+    *, host: str, port: int, log_level: str = "info", access_log: bool = False
+) -> dict[str, Any]:
+    """The uvicorn settings ``pomona serve`` runs with (httptools and uvloop when installed)."""
+    return {
+        "host": host,
+        "port": port,
+        "log_level": log_level,
+        "access_log": access_log,
+        "ws": "none",
+        "lifespan": "on",
+        "server_header": False,
+        "proxy_headers": False,
+        "timeout_graceful_shutdown": 30,
+    }
+
+
 def run_server(
     model: str | os.PathLike[str],
     *,
@@ -481,6 +560,7 @@ def run_server(
     check_manifest: bool = True,
     log_level: str = "info",
     access_log: bool = False,
+    micro_batch: bool = True,
 ) -> bool:
     """Serve ``model`` until SIGTERM/SIGINT; return whether the server started.
 
@@ -489,7 +569,13 @@ def run_server(
     """
     log_config = _log_config(log_level)
     logging.config.dictConfig(log_config)
-    app = create_app(model, name=name, max_body_size=max_body_size, check_manifest=check_manifest)
+    app = create_app(
+        model,
+        name=name,
+        max_body_size=max_body_size,
+        check_manifest=check_manifest,
+        micro_batch=micro_batch,
+    )
     predictor = app.predictor
     logger.info(
         "serving %s as model %r: %d features (%s) -> %d targets (%s); manifest %s",
@@ -501,18 +587,8 @@ def run_server(
         ", ".join(predictor.target_names),
         "checked" if predictor.manifest_checked else "not checked",
     )
-    options: dict[str, Any] = {
-        "host": host,
-        "port": port,
-        "log_level": log_level,
-        "log_config": log_config,
-        "access_log": access_log,
-        "ws": "none",
-        "lifespan": "on",
-        "server_header": False,
-        "proxy_headers": False,
-        "timeout_graceful_shutdown": 30,
-    }
+    options = uvicorn_options(host=host, port=port, log_level=log_level, access_log=access_log)
+    options["log_config"] = log_config
     if workers == 1:
         server = _GracefulServer(uvicorn.Config(app, **options))
         server.run()
@@ -522,5 +598,6 @@ def run_server(
     os.environ[ENV_NAME] = name
     os.environ[ENV_MAX_BODY_SIZE] = str(max_body_size)
     os.environ[ENV_CHECK_MANIFEST] = "1" if check_manifest else "0"
+    os.environ[ENV_MICRO_BATCH] = "1" if micro_batch else "0"
     uvicorn.run("pomona.runtime.server:app_from_env", factory=True, workers=workers, **options)
     return True

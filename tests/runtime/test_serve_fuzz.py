@@ -7,6 +7,7 @@ schemathesis generates both valid and invalid requests.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -100,3 +101,25 @@ def test_app_refuses_bad_construction(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="max_body_size"):
         InferenceApp(predictor, max_body_size=0)
     assert predictor.predict(np.ones((1, 3))).shape == (1, 2)
+
+
+def test_micro_batch_answers_each_request_even_beside_a_bad_one(tmp_path: Path) -> None:
+    from pomona.runtime.errors import InputError
+    from pomona.runtime.server import _MicroBatcher
+    from tests.onnx_models import reference_predictions
+
+    batcher = _MicroBatcher(load_predictor(make_linear_onnx(tmp_path / "model.onnx")))
+    good = [np.full((rows, 3), rows, dtype=np.float32) for rows in (1, 2, 3)]
+    bad = np.array([[1.0, np.inf, 2.0]], dtype=np.float32)
+
+    async def together(batch: list[np.ndarray]) -> list[object]:
+        futures = [batcher.predict(x) for x in batch]  # same loop turn: one batch
+        return await asyncio.gather(*futures, return_exceptions=True)
+
+    for batch in (good, [good[0], bad, good[2]]):
+        results = asyncio.run(together(batch))
+        for x, result in zip(batch, results, strict=True):
+            if x is bad:
+                assert isinstance(result, InputError)
+            else:
+                np.testing.assert_array_equal(result, reference_predictions(x))
