@@ -6,7 +6,8 @@ Keys (format 1):
 ``model_state``      the model's ``state_dict`` (includes the standardization buffers)
 ``optimizer_state``  the SGD optimizer's ``state_dict``
 ``epoch``            number of completed epochs
-``rng``              ``{"torch": ByteTensor, "cuda": [ByteTensor, ...]}`` after that epoch
+``rng``              ``{"torch": ByteTensor, "cuda": [ByteTensor, ...]}`` after that epoch,
+                     plus ``"sampler"``: the batch-order generator's state, for ``--resume``
 ``config``           the training configuration as plain values (see ``TrainConfig``)
 ``feature_names``    list of str, the model's input columns in order
 ``target_names``     list of str, the model's output columns in order
@@ -14,6 +15,7 @@ Keys (format 1):
 ``normalization``    ``{"mean": [float], "std": [float]}`` from the training split
 ``history``          list of ``{"epoch": int, "train_loss": float, "val_loss": float | None}``
 ``metrics``          the final metrics dict (same as ``metrics.json``), or None before the end
+``data_sha256``      sha256 of the training data file; ``--resume`` refuses other data
 """
 
 from __future__ import annotations

@@ -1,0 +1,60 @@
+"""Feeding the training loop: whole batches per DataLoader index call."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+__all__ = ["BatchTensors", "ShuffledBatches", "batch_loader"]
+
+
+class BatchTensors(Dataset[tuple[torch.Tensor, ...]]):
+    """Tensors indexed a whole batch at a time: ``dataset[index]`` slices every tensor.
+
+    ``index`` is a tensor (or list) of row numbers. With :class:`ShuffledBatches` as the
+    DataLoader's sampler and ``batch_size=None``, one index call fetches a whole batch
+    instead of one call per row followed by a collate.
+    """
+
+    def __init__(self, *tensors: torch.Tensor) -> None:
+        if not tensors or any(t.shape[0] != tensors[0].shape[0] for t in tensors):
+            raise ValueError("BatchTensors needs tensors with the same number of rows")
+        self.tensors = tensors
+
+    def __len__(self) -> int:
+        return int(self.tensors[0].shape[0])
+
+    def __getitem__(self, index: torch.Tensor | Sequence[int]) -> tuple[torch.Tensor, ...]:
+        rows = torch.as_tensor(index, device=self.tensors[0].device)
+        return tuple(t[rows] for t in self.tensors)
+
+
+class ShuffledBatches(Sampler[torch.Tensor]):
+    """Batches of row numbers of a fresh random permutation each epoch, as index tensors.
+
+    Equivalent to ``BatchSampler(RandomSampler(...), batch_size, drop_last=False)`` but it
+    hands out slices of one ``torch.randperm`` instead of Python lists of ints, which keeps
+    the DataLoader within a few percent of a hand-written slicing loop.
+    """
+
+    def __init__(self, rows: int, batch_size: int, generator: torch.Generator) -> None:
+        self.rows = rows
+        self.batch_size = batch_size
+        self.generator = generator
+
+    def __len__(self) -> int:
+        return -(-self.rows // self.batch_size)
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        order = torch.randperm(self.rows, generator=self.generator)
+        yield from order.split(self.batch_size)
+
+
+def batch_loader(
+    dataset: BatchTensors, batch_size: int, generator: torch.Generator
+) -> DataLoader[tuple[torch.Tensor, ...]]:
+    """A DataLoader yielding shuffled whole batches; the order depends only on ``generator``."""
+    sampler = ShuffledBatches(len(dataset), batch_size, generator)
+    return DataLoader(dataset, sampler=sampler, batch_size=None, generator=generator)

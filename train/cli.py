@@ -1,0 +1,242 @@
+"""``pomona train``: parse options, run the loop, report one line (or a progress bar)."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from pomona.runtime._clikit import say, user_errors
+from pomona.train.config import DEFAULT_FEATURES, DEFAULT_TARGETS, TrainConfig, default_lr
+from pomona.train.dataset import read_table, split_indices
+
+if TYPE_CHECKING:
+    from pomona.train.loop import EpochCallback, TrainResult
+
+# torch loads only once the data have been read and checked, so a bad file is reported
+# at once; without torch, fail at import so that `pomona` names the extra to install.
+if importlib.util.find_spec("torch") is None:
+    raise ModuleNotFoundError("No module named 'torch'", name="torch")
+
+__all__ = ["train"]
+
+_DEFAULTS = TrainConfig()
+
+
+class _NameList(click.ParamType):
+    """A comma-separated list of distinct, non-empty column names."""
+
+    name = "NAMES"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, tuple):
+            return value
+        names = tuple(part.strip() for part in str(value).split(","))
+        if not all(names):
+            self.fail(f"{value!r}: expected comma-separated column names", param, ctx)
+        if len(set(names)) != len(names):
+            self.fail(f"{value!r}: a column is named twice", param, ctx)
+        return names
+
+
+class _SizeList(click.ParamType):
+    """A comma-separated list of positive layer sizes; empty means none."""
+
+    name = "SIZES"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, tuple):
+            return value
+        text = str(value).strip()
+        if not text:
+            return ()
+        try:
+            sizes = tuple(int(part) for part in text.split(","))
+        except ValueError:
+            self.fail(f"{value!r}: expected comma-separated layer sizes, like 32,32", param, ctx)
+        if any(size < 1 for size in sizes):
+            self.fail(f"{value!r}: layer sizes must be at least 1", param, ctx)
+        return sizes
+
+
+def _summary(result: TrainResult, rows: int) -> str:
+    metrics = result.metrics
+    config = result.config
+    train_mse = metrics["train"]["mse"]
+    optimum = metrics["least_squares_mse"]
+    reference = f" (least-squares optimum {optimum:.4f})" if optimum is not None else ""
+    val = metrics["validation"]
+    val_text = f"{val['mse']:.4f}" if val is not None else "-"
+    resumed = (
+        f" (resumed at epoch {result.resumed_from})" if result.resumed_from is not None else ""
+    )
+    return (
+        f"trained {rows} rows x {len(config.features)} features -> {len(config.targets)} targets, "
+        f"{config.epochs} epochs{resumed} on {result.device.type}: train MSE {train_mse:.4f}"
+        f"{reference}, val MSE {val_text}; wrote {result.out}/"
+    )
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--data",
+    type=click.Path(path_type=str),
+    default=None,
+    help="CSV file with a header line. Default: the bundled crop data (15 rows).",
+)
+@click.option(
+    "--features",
+    type=_NameList(),
+    default=",".join(DEFAULT_FEATURES),
+    show_default=True,
+    help="Input columns, comma-separated, in model order.",
+)
+@click.option(
+    "--targets",
+    type=_NameList(),
+    default=",".join(DEFAULT_TARGETS),
+    show_default=True,
+    help="Output columns, comma-separated, in model order.",
+)
+@click.option(
+    "--hidden",
+    type=_SizeList(),
+    default="",
+    help="Hidden layer sizes for an MLP with ReLU, e.g. 32,32. Default: a linear model.",
+)
+@click.option(
+    "--lr",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help=f"SGD learning rate. Default: {default_lr(())} for the linear model, "
+    f"{default_lr((1,))} with --hidden.",
+)
+@click.option(
+    "--momentum",
+    type=click.FloatRange(min=0, max=1, max_open=True),
+    default=_DEFAULTS.momentum,
+    show_default=True,
+    help="SGD momentum.",
+)
+@click.option(
+    "--weight-decay",
+    type=click.FloatRange(min=0),
+    default=_DEFAULTS.weight_decay,
+    show_default=True,
+    help="SGD weight decay (L2 penalty).",
+)
+@click.option(
+    "--epochs",
+    type=click.IntRange(min=1),
+    default=_DEFAULTS.epochs,
+    show_default=True,
+    help="Passes over the training split.",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=_DEFAULTS.batch_size,
+    show_default=True,
+    help="Rows per SGD step.",
+)
+@click.option(
+    "--val-fraction",
+    type=click.FloatRange(min=0, max=1, max_open=True),
+    default=_DEFAULTS.val_fraction,
+    show_default=True,
+    help="Share of rows held out for validation; 0 trains on every row.",
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=_DEFAULTS.seed,
+    show_default=True,
+    help="Seed for initialisation, split and batch order.",
+)
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    default=_DEFAULTS.device,
+    show_default=True,
+    help="Where to train; auto picks CUDA when available.",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=str),
+    default=_DEFAULTS.out,
+    show_default=True,
+    help="Folder for checkpoint.pt, metrics.json, history.csv, loss_curve.png.",
+)
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue from OUT/checkpoint.pt (same data and settings; --epochs may grow).",
+)
+@user_errors
+def train(
+    data: str | None,
+    features: tuple[str, ...],
+    targets: tuple[str, ...],
+    hidden: tuple[int, ...],
+    lr: float | None,
+    momentum: float,
+    weight_decay: float,
+    epochs: int,
+    batch_size: int,
+    val_fraction: float,
+    seed: int,
+    device: str,
+    out: str,
+    resume: bool,
+) -> None:
+    """Train a regression model on the crop data or a CSV file.
+
+    Writes OUT/checkpoint.pt after every epoch, then OUT/metrics.json,
+    OUT/history.csv and OUT/loss_curve.png.
+    """
+    overlap = sorted(set(features) & set(targets))
+    if overlap:
+        raise click.BadParameter(
+            f"{', '.join(overlap)} is both a feature and a target", param_hint="'--targets'"
+        )
+    config = TrainConfig(
+        data=data,
+        features=features,
+        targets=targets,
+        hidden=hidden,
+        lr=default_lr(hidden) if lr is None else lr,
+        momentum=momentum,
+        weight_decay=weight_decay,
+        epochs=epochs,
+        batch_size=batch_size,
+        val_fraction=val_fraction,
+        seed=seed,
+        device=device,
+        out=str(Path(out)),
+    )
+    table = read_table(data, features, targets)
+    split_indices(table, val_fraction, seed)  # fails early when there are too few rows
+
+    from pomona.train.loop import train as run_training
+
+    with contextlib.ExitStack() as stack:
+        on_epoch: EpochCallback | None = None
+        if sys.stderr.isatty():
+            bar = stack.enter_context(
+                click.progressbar(length=epochs, label="training", file=sys.stderr, show_pos=True)
+            )
+
+            def advance(epoch: int, record: dict[str, Any]) -> None:
+                bar.label = f"training (loss {record['train_loss']:.4g})"
+                bar.update(epoch - bar.pos)
+
+            on_epoch = advance
+
+        result = run_training(config, resume=resume, on_epoch=on_epoch, table=table)
+    if result.plot_error:
+        say(result.plot_error)
+    say(_summary(result, result.metrics["train"]["rows"]))
