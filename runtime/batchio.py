@@ -16,7 +16,6 @@ import csv
 import io
 import json
 import os
-import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -246,7 +245,6 @@ def _text(source: _Source) -> io.TextIOWrapper:
 
 def _read_csv(
     source: _Source,
-    path: str,
     features: Sequence[str],
     keep: Sequence[str],
     batch_size: int,
@@ -254,7 +252,7 @@ def _read_csv(
 ) -> Iterator[Batch]:
     names = _header(source, keep, features)
     if use_arrow:
-        return _csv_arrow(source, path, names, features, keep, batch_size)
+        return _csv_arrow(source, names, features, keep, batch_size)
     text = _text(source)
     next(csv.reader(text))  # the header, already parsed
     return _csv_stdlib(text, names, features, keep, batch_size, source.name_for_messages)
@@ -262,55 +260,67 @@ def _read_csv(
 
 def _csv_arrow(
     source: _Source,
-    path: str,
     names: list[str],
     features: Sequence[str],
     keep: Sequence[str],
     batch_size: int,
 ) -> Iterator[Batch]:
+    """Cut the input into blocks of whole lines (about ``batch_size`` rows) and parse each
+    with ``pyarrow.csv.read_csv``: one block in memory at a time, unlike pyarrow's own
+    streaming reader, which reads ahead without bound when the consumer is slower."""
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
     _use_jemalloc(pa)
     name = source.name_for_messages
     body = source.head.split(b"\n", 1)[-1]
-    rows_in_head = max(body.count(b"\n"), 1)
-    row_bytes = len(body) / rows_in_head
-    block = int(min(max(batch_size * row_bytes * 1.05, 1 << 16), 1 << 28))
+    row_bytes = len(body) / max(body.count(b"\n"), 1)
+    block = int(min(max(batch_size * row_bytes, 1 << 16), 1 << 28))
     types = {c: pa.float32() for c in features if c not in keep}
     types.update({c: pa.string() for c in keep})
-    reader = pacsv.open_csv(
-        io.BufferedReader(source, buffer_size=1 << 16),
-        read_options=pacsv.ReadOptions(block_size=block, use_threads=False),
-        convert_options=pacsv.ConvertOptions(
-            include_columns=list(dict.fromkeys([*features, *keep])),
-            column_types=types,
-            null_values=[""],
-            strings_can_be_null=False,
-            quoted_strings_can_be_null=False,
-        ),
+    convert = pacsv.ConvertOptions(
+        include_columns=list(dict.fromkeys([*features, *keep])),
+        column_types=types,
+        null_values=[""],
+        strings_can_be_null=False,
+        quoted_strings_can_be_null=False,
     )
+    stream = io.BufferedReader(source, buffer_size=1 << 16)
+    stream.readline()  # the header, already parsed
     row = 1
+    pending = b""
     while True:
-        try:
-            record = reader.read_next_batch()
-        except StopIteration:
+        data = stream.read(block)
+        if data:
+            data = pending + data
+            cut = data.rfind(b"\n") + 1
+            if cut == 0:  # a line longer than the block: read on
+                pending = data
+                continue
+            chunk, pending = data[:cut], data[cut:]
+        elif pending.strip():
+            chunk, pending = pending, b""
+        else:
             return
+        options = pacsv.ReadOptions(column_names=names, block_size=len(chunk) + 1)
+        try:
+            table = pacsv.read_csv(pa.BufferReader(chunk), read_options=options,
+                                   convert_options=convert)  # fmt: skip
         except (pa.ArrowInvalid, pa.ArrowKeyError) as err:
-            raise _locate(path, name, names, features, keep, row, err) from None
-        n = record.num_rows
+            raise _locate(chunk, name, names, features, keep, row, err) from None
+        n = table.num_rows
         feats = np.empty((n, len(features)), dtype=np.float32)
         for j, column in enumerate(features):
-            values = record.column(column)
+            values = table.column(column).combine_chunks()
             if values.type != pa.float32():
                 try:
                     values = values.cast(pa.float32())
                 except pa.ArrowInvalid as err:
-                    raise _locate(path, name, names, features, keep, row, err) from None
+                    raise _locate(chunk, name, names, features, keep, row, err) from None
             if values.null_count:
                 raise _bad_cell(name, row + values.to_pylist().index(None), column, None)
             feats[:, j] = _arrow_float32(values)
-        yield Batch(feats, row, {k: record.column(k) for k in keep})
+        yield Batch(feats, row, {k: table.column(k).combine_chunks() for k in keep})
         row += n
 
 
@@ -332,7 +342,7 @@ def _arrow_float32(values: Any) -> np.ndarray:
 
 
 def _locate(
-    path: str,
+    chunk: bytes,
     name: str,
     names: list[str],
     features: Sequence[str],
@@ -340,26 +350,14 @@ def _locate(
     row: int,
     err: Exception,
 ) -> DataError:
-    """Re-read the failing part of a file with the csv module to name the bad row and column."""
+    """Re-read a block pyarrow refused with the csv module, to name the bad row and column."""
+    text = io.StringIO(chunk.decode("utf-8", errors="replace"), newline="")
+    try:
+        for _ in _csv_stdlib(text, names, features, keep, 1 << 14, name, row):
+            pass
+    except DataError as located:
+        return located
     message = str(err).splitlines()[0] if str(err) else type(err).__name__
-    if path != "-":
-        with contextlib.suppress(OSError), open(path, encoding="utf-8-sig", newline="") as text:
-            reader = csv.reader(text)
-            skipped = 0
-            for r in reader:  # the header, then the rows already read
-                if r:
-                    skipped += 1
-                if skipped == row:
-                    break
-            try:
-                for _ in _csv_stdlib(text, names, features, keep, 1 << 14, name, row):
-                    pass
-            except DataError as located:
-                return located
-    found = re.search(r"Row #(\d+): ", message)
-    if found:  # pyarrow counts lines from 1, the header included
-        message = message.replace(found.group(0), "")
-        return DataError(f"{name}: row {int(found.group(1)) - 1}: {message}")
     return DataError(f"{name}: unreadable CSV at or after row {row}: {message}")
 
 
@@ -660,7 +658,7 @@ def predict_file(
         use_arrow = not source.small and arrow_available()
         batches: Iterator[Batch]
         if in_fmt == "csv":
-            batches = _read_csv(source, input_path, features, keep, batch_size, use_arrow)
+            batches = _read_csv(source, features, keep, batch_size, use_arrow)
         elif in_fmt == "jsonl":
             batches = _read_jsonl(source, features, keep, batch_size)
         else:
