@@ -54,8 +54,8 @@ def main() -> None:
     print(
         f"{ROWS:,} rows x 3 features, batch {BATCH}, one SGD epoch, 1 thread (best of {REPEATS}):"
     )
-    print(f"  DataLoader (ShuffledBatches, whole batches){loader_s:.3f} s")
-    print(f"  tensor slicing (randperm + index)          {slicing_s:.3f} s")
+    print(f"  {'DataLoader (ShuffledBatches, whole batches)':<46}{loader_s:.3f} s")
+    print(f"  {'tensor slicing (randperm + index)':<46}{slicing_s:.3f} s")
     verdict = "ok" if ratio <= LIMIT else "TOO SLOW"
     print(f"  ratio {ratio:.2f} (limit {LIMIT}): {verdict}")
 
