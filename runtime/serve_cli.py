@@ -35,7 +35,7 @@ _LOG_LEVELS = ["critical", "error", "warning", "info", "debug"]
 )
 @click.option(
     "--port",
-    type=click.IntRange(0, 65535),
+    type=click.IntRange(1, 65535),
     default=8000,
     show_default=True,
     envvar="POMONA_PORT",

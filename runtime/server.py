@@ -283,15 +283,6 @@ class InferenceApp:
         start = perf_counter()
         metrics = self.metrics
         metrics.in_flight += 1
-        try:
-            endpoint, status = await self._answer(scope, receive, send)
-        finally:
-            metrics.in_flight -= 1
-        if status:
-            metrics.observe(endpoint, status, perf_counter() - start)
-
-    async def _answer(self, scope: Scope, receive: Receive, send: Send) -> tuple[str, int]:
-        """Answer one HTTP request; return its endpoint label and status (0: none sent)."""
         path = scope["path"]
         route = self._routes.get(path)
         endpoint = "other" if route is None else route[0]
@@ -308,7 +299,8 @@ class InferenceApp:
                 )
             status, content_type, body, extra = await handler(scope, receive)
         except _Disconnected:
-            return endpoint, 0
+            metrics.in_flight -= 1
+            return
         except PomonaError as err:
             status, content_type = err.http_status, _JSON
             body = orjson.dumps({"error": str(err)})
@@ -318,12 +310,18 @@ class InferenceApp:
             logger.exception("unexpected error answering %s %s", scope["method"], path)
             status, content_type = 500, _JSON
             body = b'{"error":"internal server error"}'
+        except BaseException:  # cancelled: nothing is sent
+            metrics.in_flight -= 1
+            raise
         headers = [(b"content-type", content_type), (b"content-length", b"%d" % len(body))]
         if extra:
             headers.extend(extra)
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
-        return endpoint, status
+        try:
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+        finally:
+            metrics.in_flight -= 1
+        metrics.observe(endpoint, status, perf_counter() - start)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -370,18 +368,24 @@ class InferenceApp:
         return 200, prometheus_client.CONTENT_TYPE_LATEST.encode(), body, _NO_HEADERS
 
     async def _infer(self, scope: Scope, receive: Receive) -> Response:
-        header_length = content_length = None
+        header_length = None
         encoding = b""
         for key, value in scope["headers"]:
             if key == b"content-length":
-                content_length = _header_int(value, "Content-Length")
+                if _header_int(value, "Content-Length") > self.max_body_size:
+                    raise self._too_large()
             elif key == b"inference-header-content-length":
                 header_length = _header_int(value, "Inference-Header-Content-Length")
             elif key == b"content-encoding":
                 encoding = value.strip().lower()
-        if content_length is not None and content_length > self.max_body_size:
+        message = await receive()
+        if message["type"] != "http.request":
+            raise _Disconnected
+        body: bytes = message.get("body", b"")
+        if message.get("more_body", False):
+            body = await self._read_more_body(body, receive)
+        elif len(body) > self.max_body_size:
             raise self._too_large()
-        body = await self._read_body(receive)
         if encoding and encoding != b"identity":
             body = self._decompress(body, encoding)
         request = parse_request(
@@ -418,15 +422,8 @@ class InferenceApp:
             413,
         )
 
-    async def _read_body(self, receive: Receive) -> bytes:
-        message = await receive()
-        if message["type"] != "http.request":
-            raise _Disconnected
-        body: bytes = message.get("body", b"")
-        if not message.get("more_body", False):
-            if len(body) > self.max_body_size:
-                raise self._too_large()
-            return body
+    async def _read_more_body(self, body: bytes, receive: Receive) -> bytes:
+        """Read the rest of a body that arrives in several messages, within the limit."""
         chunks = [body]
         size = len(body)
         while True:
@@ -464,6 +461,8 @@ class InferenceApp:
 
 
 def _header_int(value: bytes, name: str) -> int:
+    if value.isdigit():
+        return int(value)
     if not value.strip().isdigit():
         raise RequestError(f"{name} must be a non-negative integer, got {value[:40]!r}")
     return int(value)
