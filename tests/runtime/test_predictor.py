@@ -260,3 +260,22 @@ def test_lazy_export() -> None:
     assert pomona.runtime.Predictor is Predictor
     with pytest.raises(AttributeError):
         _ = pomona.runtime.Nope  # type: ignore[attr-defined]
+
+
+class _FakeSession:
+    def __init__(self, providers: list[str]) -> None:
+        self.providers = providers
+        self._sess = type("Compiled", (), {"run": staticmethod(lambda *args: "compiled")})()
+
+    def get_providers(self) -> list[str]:
+        return self.providers
+
+    def run(self, *args: object) -> str:
+        return "public"
+
+
+def test_compiled_run_only_on_cpu() -> None:
+    cpu = predictor_module._fast_run(_FakeSession(["CPUExecutionProvider"]))  # type: ignore[arg-type]
+    assert cpu([], {}, None) == "compiled"
+    cuda = _FakeSession(["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert predictor_module._fast_run(cuda)([], {}, None) == "public"  # type: ignore[arg-type]
