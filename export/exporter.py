@@ -18,7 +18,6 @@ import os
 import shutil
 import sys
 import tempfile
-import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -55,7 +54,6 @@ __all__ = [
     "ExportResult",
     "export_checkpoint",
     "onnx_metadata",
-    "read_checkpoint",
     "training_features",
 ]
 
@@ -212,24 +210,6 @@ def _checkpoint_entry(path: Path, state: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def read_checkpoint(path: Path) -> dict[str, Any]:
-    """:func:`~pomona.train.checkpoint.load_checkpoint`, with short messages for damaged files.
-
-    ``torch.save`` writes a zip archive; anything else (random bytes, a truncated
-    or empty file) is rejected before the unpickler sees it, and whatever the
-    unpickler raises on a damaged archive becomes an :class:`ArtifactError`.
-    """
-    damaged = f"{path}: not a readable Pomona checkpoint (corrupt or truncated?)"
-    if path.is_file() and not zipfile.is_zipfile(path):
-        raise ArtifactError(damaged)
-    try:
-        return load_checkpoint(path)
-    except ArtifactError:
-        raise
-    except Exception as err:  # the weights-only unpickler raises arbitrary types on bad bytes
-        raise ArtifactError(f"{damaged}: {type(err).__name__}") from err
-
-
 def export_checkpoint(
     checkpoint: str | os.PathLike[str],
     out: str | os.PathLike[str] | None = None,
@@ -247,7 +227,7 @@ def export_checkpoint(
     if not valid_model_name(name):
         raise ArtifactError(f"model name {name!r} must be letters, digits, '_', '.' or '-'")
     checkpoint_path = Path(checkpoint)
-    state = read_checkpoint(checkpoint_path)
+    state = load_checkpoint(checkpoint_path)
     model = model_from_checkpoint(state)
     feature_names, target_names = list(state["feature_names"]), list(state["target_names"])
     n_features, n_targets = len(feature_names), len(target_names)

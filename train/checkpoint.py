@@ -21,7 +21,6 @@ Keys (format 1):
 from __future__ import annotations
 
 import os
-import pickle
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -52,12 +51,15 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise ArtifactError(f"{p}: no such checkpoint (train one with 'pomona train')")
+    damaged = f"{p}: not a readable Pomona checkpoint (corrupt or truncated?)"
+    # torch.save writes a zip archive: anything else (random bytes, an empty or truncated
+    # file) is refused before the unpickler sees it.
+    if not zipfile.is_zipfile(p):
+        raise ArtifactError(damaged)
     try:
         state = torch.load(p, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
-        raise ArtifactError(
-            f"{p}: not a readable Pomona checkpoint (corrupt or truncated?): {err}"
-        ) from err
+    except Exception as err:  # the weights-only unpickler raises arbitrary types on bad bytes
+        raise ArtifactError(f"{damaged}: {type(err).__name__}") from err
     if not isinstance(state, dict) or "format" not in state:
         raise ArtifactError(f"{p}: not a Pomona checkpoint (no 'format' key)")
     if state["format"] != CHECKPOINT_FORMAT:
