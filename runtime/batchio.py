@@ -678,17 +678,69 @@ def predict_file(
         total = 0
         with _open_output(output_path) as sink:
             writer = writer_cls(sink, keep, predictor.target_names)
-            for batch in _chain(first, batches):
-                for start in range(0, len(batch), batch_size):
-                    stop = start + batch_size
-                    features_chunk = batch.features[start:stop]
-                    predictions = _predict(predictor, features_chunk, name, batch.first_row + start)
-                    writer.write({k: v[start:stop] for k, v in batch.keep.items()}, predictions)
-                total += len(batch)
-                if progress is not None:
-                    progress(source.consumed, source.size)
+            # pyarrow parses and formats without the GIL: on a large input, writing one
+            # block while the next is read and predicted keeps two cores busy.
+            with _Pipe(writer.write, background=not source.small) as write:
+                for batch in _chain(first, batches):
+                    for start in range(0, len(batch), batch_size):
+                        stop = start + batch_size
+                        chunk = batch.features[start:stop]
+                        predictions = _predict(predictor, chunk, name, batch.first_row + start)
+                        write({k: v[start:stop] for k, v in batch.keep.items()}, predictions)
+                    total += len(batch)
+                    if progress is not None:
+                        progress(source.consumed, source.size)
             writer.close()
     return total
+
+
+class _Pipe:
+    """Call ``write`` in order, in a background thread when asked; errors reach the caller.
+
+    At most two calls wait in the queue, so memory stays bounded.
+    """
+
+    _DONE = object()
+
+    def __init__(self, write: Callable[..., None], *, background: bool) -> None:
+        self._write = write
+        self._background = background
+        self._error: BaseException | None = None
+
+    def __enter__(self) -> Callable[..., None]:
+        if not self._background:
+            return self._write
+        import queue
+        import threading
+
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=2)
+        self._thread = threading.Thread(target=self._drain, name="pomona-writer", daemon=True)
+        self._thread.start()
+        return self._put
+
+    def _put(self, *args: Any) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put(args)
+
+    def _drain(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is self._DONE:
+                return
+            if self._error is None:
+                try:
+                    self._write(*item)
+                except BaseException as err:  # handed to the caller's thread
+                    self._error = err
+
+    def __exit__(self, kind: object, error: object, trace: object) -> None:
+        if not self._background:
+            return
+        self._queue.put(self._DONE)
+        self._thread.join()
+        if self._error is not None and error is None:
+            raise self._error
 
 
 def _chain(first: Batch, rest: Iterator[Batch]) -> Iterator[Batch]:

@@ -14,6 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from pomona.runtime import batchio
+from pomona.runtime.errors import DataError
 from pomona.runtime.predict_cli import info, predict
 from pomona.runtime.predictor import Predictor
 from tests.conftest import run_pomona
@@ -447,3 +448,20 @@ def test_help() -> None:
         "--threads",
     ):
         assert option in result.stdout
+
+
+def test_write_failure_leaves_no_file(
+    model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("pyarrow")
+    source = _write_csv(tmp_path / "big.csv", _rows(40_000, seed=8))
+
+    def disk_full(*args: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(batchio._CsvArrowWriter, "write", disk_full)
+    out = tmp_path / "out.csv"
+    with pytest.raises(DataError, match="cannot write: No space left on device"):
+        batchio.predict_file(Predictor(model), str(source), str(out), batch_size=5000)
+    assert not out.exists()
+    assert not list(tmp_path.glob(".out.csv*"))
