@@ -7,6 +7,7 @@ Imports click, numpy and onnxruntime only (pyarrow when an input is large and th
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Any
 
@@ -94,30 +95,34 @@ def predict(
     from pomona.runtime.predictor import Predictor
 
     predictor = Predictor(model, check_manifest=not no_manifest_check, intra_op_threads=threads)
-    if sys.stderr.isatty():
-        with click.progressbar(length=1, file=sys.stderr, label="predicting") as bar:
-            done = 0
-
-            def progress(consumed: int, total: int | None) -> None:
-                nonlocal done
-                if total:
-                    bar.length = total
-                    bar.update(consumed - done)
-                    done = consumed
-
-            predict_file(
-                predictor,
-                input,
-                output,
-                output_format=output_format,
-                batch_size=batch_size,
-                keep=keep,
-                progress=progress,
-            )
+    options: dict[str, Any] = {
+        "output_format": output_format,
+        "batch_size": batch_size,
+        "keep": keep,
+    }
+    size = _file_size(input)
+    if size is None or not sys.stderr.isatty():
+        predict_file(predictor, input, output, **options)
         return
-    predict_file(
-        predictor, input, output, output_format=output_format, batch_size=batch_size, keep=keep
-    )
+    with click.progressbar(length=size, label="predicting", file=sys.stderr) as bar:
+        shown = 0
+
+        def progress(consumed: int, total: int | None) -> None:
+            nonlocal shown
+            bar.update(consumed - shown)
+            shown = consumed
+
+        predict_file(predictor, input, output, progress=progress, **options)
+
+
+def _file_size(path: str) -> int | None:
+    """Size of a regular input file (the progress bar's length); None for stdin or pipes."""
+    if path == "-":
+        return None
+    try:
+        return os.path.getsize(path) if os.path.isfile(path) else None
+    except OSError:
+        return None
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
