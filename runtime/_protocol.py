@@ -8,6 +8,7 @@ Everything a client can get wrong raises :class:`RequestError` with an HTTP stat
 
 from __future__ import annotations
 
+import array
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -237,6 +238,15 @@ def _parse_tensor(
         and max(data) <= _FLOAT32_MAX
     ):
         return np.array(data, dtype=_FLOAT32).reshape(rows, n_features), offset
+    if len(data) == count > _SMALL and wire.kind == "f":
+        # Many flat values: array.array refuses anything but numbers and is quicker than
+        # numpy's type discovery (it reads JSON true/false as 1/0, as numpy does in a mix).
+        try:
+            flat = np.frombuffer(array.array("d", data), dtype=np.float64)
+        except (TypeError, OverflowError):
+            pass  # nested lists or non-numbers: the general path says what is wrong
+        else:
+            return _as_float32(flat).reshape(rows, n_features), offset
     try:
         arr = np.asarray(data)
     except ValueError:

@@ -150,6 +150,15 @@ def test_json_infer_flat_and_nested(server: Server) -> None:
         )
 
 
+def test_json_infer_large_flat(server: Server, model: Path) -> None:
+    x = np.random.default_rng(3).normal(size=(500, 3)).astype(np.float32)
+    flat = {"name": "features", "shape": [500, 3], "datatype": "FP32", "data": x.ravel().tolist()}
+    status, doc = server.infer({"inputs": [flat]})
+    assert status == 200, doc
+    y = np.array(doc["outputs"][0]["data"], dtype=np.float32).reshape(500, 2)
+    np.testing.assert_array_equal(y, Predictor(model).predict(x))
+
+
 @pytest.mark.parametrize("datatype", ["FP64", "INT32", "INT64", "UINT8"])
 def test_json_other_numeric_datatypes_are_cast(server: Server, datatype: str) -> None:
     x = np.array([[1, 2, 3]], dtype=np.float32)
@@ -365,6 +374,24 @@ BAD_REQUESTS: list[tuple[str, str, str, bytes | None, dict, int, str]] = [
         {},
         400,
         "only numbers",
+    ),
+    (
+        "string-in-large-data",
+        "POST",
+        INFER,
+        _doc(inputs=[{**_ONE, "shape": [200, 3], "data": [1.5] * 599 + ["x"]}]),
+        {},
+        400,
+        "only numbers",
+    ),
+    (
+        "overflow-in-large-data",
+        "POST",
+        INFER,
+        _doc(inputs=[{**_ONE, "shape": [200, 3], "data": [1.5] * 599 + [1e300]}]),
+        {},
+        400,
+        "non-finite",
     ),
     ("null-data", "POST", INFER, _doc(inputs=[{**_ONE, "data": None}]), {}, 400, "'data'"),
     (
