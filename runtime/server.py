@@ -3,7 +3,8 @@
 A plain ASGI application, no web framework: the model answers in microseconds, so
 the server's own overhead is the whole latency. It runs on uvicorn (httptools and
 uvloop when installed), parses JSON with orjson and predicts on the event loop
-thread with a one-thread onnxruntime session (one process per core scales out).
+thread with a one-thread onnxruntime session, small concurrent requests batched
+into one call (one process per core scales out: ``--workers``).
 
 Endpoints: ``GET /v2/health/live``, ``GET /v2/health/ready``, ``GET /v2``,
 ``GET /v2/models/{name}[/versions/{v}]``, ``GET /v2/models/{name}[/versions/{v}]/ready``,
@@ -92,9 +93,9 @@ _BINARY = b"application/octet-stream"
 _NO_HEADERS: list[tuple[bytes, bytes]] = []
 _CLOSE = [(b"connection", b"close")]
 _MODEL_PATH = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?(/ready|/infer)?")
-# Latency buckets from 50 µs (a one-row request) to 10 s (a 64 MiB JSON body).
 # Requests of up to this many rows are predicted together when they arrive together.
 _BATCH_ROWS = 64
+# Latency buckets from 50 µs (a one-row request) to 10 s (a 64 MiB JSON body).
 _LATENCY_BUCKETS = (
     5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0,
     2.5, 5.0, 10.0,
