@@ -11,7 +11,6 @@ line (unknown option, bad value), as click reports it.
 from __future__ import annotations
 
 import importlib
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import click
@@ -34,13 +33,6 @@ _COMMANDS: dict[str, tuple[str, str | None, str]] = {
         "Serve a model over HTTP (Open Inference Protocol).",
     ),
 }
-
-
-def _pomona_version() -> str:
-    try:
-        return version("pomona")
-    except PackageNotFoundError:  # pragma: no cover - running from a bare checkout
-        return "0+unknown"
 
 
 def _missing_extra(name: str, extra: str, missing: str) -> click.Command:
@@ -84,7 +76,8 @@ class _LazyGroup(click.Group):
 
 
 @click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(_pomona_version(), prog_name="pomona")
+# package_name: the version is looked up only when --version is given (start-up cost).
+@click.version_option(package_name="pomona", prog_name="pomona")
 def main() -> None:
     """Pomona: train a tabular regression model, export it, and serve it.
 
