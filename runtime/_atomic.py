@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -18,6 +17,8 @@ def atomic_write(
 
     On any exception the temporary file is removed and ``path`` is left as it was.
     """
+    import tempfile  # only when a file is written: keeps `pomona predict ... > out` quick to start
+
     target = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
