@@ -52,7 +52,12 @@ pytest: $(STAMP)
 
 test: lint typecheck pytest
 
+# The serving benchmark drives load with wrk; as root with apt-get it is installed here.
 bench: $(STAMP)
+	@command -v wrk >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && apt-get install -y -qq wrk >/dev/null; \
+	  else echo "wrk not found (apt-get install wrk): the serving benchmark falls back to a Python load loop"; fi; }
 	$(BIN)/python -m bench
 
 serve: $(STAMP)
