@@ -239,25 +239,27 @@ def _parse_tensor(
     ):
         return np.array(data, dtype=_FLOAT32).reshape(rows, n_features), offset
     if len(data) == count > _SMALL and wire.kind == "f":
-        # Many flat values: array.array refuses anything but numbers and is quicker than
-        # numpy's type discovery (it reads JSON true/false as 1/0, as numpy does in a mix).
+        # Many flat values: array.array refuses anything but numbers (and reads JSON
+        # true/false as 1/0, refused below) and is quicker than numpy's type discovery.
         try:
             flat = np.frombuffer(array.array("d", data), dtype=np.float64)
         except (TypeError, OverflowError):
             pass  # nested lists or non-numbers: the general path says what is wrong
         else:
+            if _holds_bool(data, flat):
+                raise _not_numbers(name, datatype, "numbers")
             return _as_float32(flat).reshape(rows, n_features), offset
     try:
         arr = np.asarray(data)
     except ValueError:
         raise RequestError(f"input {name!r}: 'data' is ragged; expected {shape}") from None
     kinds = _INT_KINDS if wire.kind in _INT_KINDS else _FLOAT_KINDS
+    what = "integers" if kinds is _INT_KINDS else "numbers"
     if arr.dtype.kind not in kinds:
         if arr.size == 0:
             arr = arr.astype(_FLOAT32)
         else:
-            what = "integers" if kinds is _INT_KINDS else "numbers"
-            raise RequestError(f"input {name!r}: 'data' must hold only {what} for {datatype}")
+            raise _not_numbers(name, datatype, what)
     if arr.size != count:
         raise RequestError(
             f"input {name!r}: 'data' holds {arr.size} values but shape {shape} needs {count}"
@@ -266,7 +268,31 @@ def _parse_tensor(
         raise RequestError(
             f"input {name!r}: nested 'data' has shape {list(arr.shape)}, not {shape}"
         )
+    if _holds_bool(data, arr):  # numpy reads true/false among numbers as 1/0
+        raise _not_numbers(name, datatype, what)
     return _as_float32(arr).reshape(rows, n_features), offset
+
+
+def _not_numbers(name: str, datatype: str, what: str) -> RequestError:
+    return RequestError(f"input {name!r}: 'data' must hold only {what} for {datatype}")
+
+
+def _holds_bool(data: list[Any], values: np.ndarray) -> bool:
+    """Whether JSON ``data`` (flat, or nested as ``values``' rows) holds true or false.
+
+    Converted, a boolean is 0 or 1, so only the cells with those values are looked up.
+    """
+    if values.size == 0:
+        return False
+    zero_or_one = values == 0
+    zero_or_one |= values == 1
+    if not zero_or_one.any():
+        return False
+    candidates = np.flatnonzero(zero_or_one).tolist()
+    if values.ndim == 1:
+        return any(type(data[i]) is bool for i in candidates)
+    width = values.shape[1]
+    return any(type(data[i // width][i % width]) is bool for i in candidates)
 
 
 def _bad_shape(name: str, shape: object, n_features: int) -> RequestError:

@@ -159,6 +159,18 @@ def test_json_infer_large_flat(server: Server, model: Path) -> None:
     np.testing.assert_array_equal(y, Predictor(model).predict(x))
 
 
+@pytest.mark.parametrize("rows", [1, 500], ids=["small", "large"])
+def test_json_zeros_and_ones_are_numbers(server: Server, model: Path, rows: int) -> None:
+    # Integer and float 0 and 1 read like JSON false and true once converted: both pass.
+    x = np.tile(np.array([[0.0, 1.0, 2.5]], dtype=np.float32), (rows, 1))
+    data = [0, 1.0, 2.5, 0.0, 1, 2.5] * (rows // 2) if rows > 1 else [0, 1, 2.5]
+    flat = {"name": "features", "shape": [rows, 3], "datatype": "FP32", "data": data}
+    status, doc = server.infer({"inputs": [flat]})
+    assert status == 200, doc
+    y = np.array(doc["outputs"][0]["data"], dtype=np.float32).reshape(rows, 2)
+    np.testing.assert_array_equal(y, Predictor(model).predict(x))
+
+
 @pytest.mark.parametrize("datatype", ["FP64", "INT32", "INT64", "UINT8"])
 def test_json_other_numeric_datatypes_are_cast(server: Server, datatype: str) -> None:
     x = np.array([[1, 2, 3]], dtype=np.float32)
@@ -374,6 +386,42 @@ BAD_REQUESTS: list[tuple[str, str, str, bytes | None, dict, int, str]] = [
         {},
         400,
         "only numbers",
+    ),
+    (
+        "bool-among-numbers",
+        "POST",
+        INFER,
+        _doc(inputs=[{**_ONE, "data": [1.5, True, 0.0]}]),
+        {},
+        400,
+        "only numbers",
+    ),
+    (
+        "bool-in-large-data",
+        "POST",
+        INFER,
+        _doc(inputs=[{**_ONE, "shape": [200, 3], "data": [1.0, 0.0, 2.5] * 199 + [1.0, False, 2]}]),
+        {},
+        400,
+        "only numbers",
+    ),
+    (
+        "bool-in-nested-data",
+        "POST",
+        INFER,
+        _doc(inputs=[{**_ONE, "shape": [2, 3], "data": [[1.0, 0.0, 2.0], [3.0, True, 4.0]]}]),
+        {},
+        400,
+        "only numbers",
+    ),
+    (
+        "bool-in-int-data",
+        "POST",
+        INFER,
+        _doc(inputs=[{**_ONE, "datatype": "INT32", "data": [1, True, 3]}]),
+        {},
+        400,
+        "only integers",
     ),
     (
         "string-in-large-data",
