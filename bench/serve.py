@@ -1,11 +1,14 @@
-"""``pomona serve`` under load: throughput and latency against references and a ceiling.
+"""``pomona serve`` under load: throughput and latency against MLServer and a ceiling.
 
 Starts, on 127.0.0.1 only, (1) a raw ASGI app that answers every request with a
 constant body on the same uvicorn settings as ``pomona serve`` -- the ceiling no
-server on this stack can pass -- and (2) ``pomona serve`` itself, one process. Each
-is loaded with wrk for a fixed time (or, without wrk, a bounded Python load loop), and
-the results are printed as ratios: to MLServer and KServe figures measured earlier
-on this machine with the same model and wrk, and to the ceiling measured in this run.
+server on this stack can pass --, (2) ``pomona serve`` itself, one process, and (3)
+MLServer 1.7.1, one process, serving the same ONNX model through onnxruntime with a
+small custom runtime (``bench/mlserver_runtime.py``). MLServer lives in a virtualenv of
+its own, created on first use under the user's cache folder and reused afterwards.
+Each server is loaded in turn with wrk for a fixed time (or, without wrk, a bounded
+Python load loop), and the results are printed as ratios to MLServer and to the
+ceiling, all measured in this run.
 
 The servers are stopped at the end; every load run is bounded in time and count.
 """
@@ -38,10 +41,19 @@ ROUNDS = 3  # alternating runs per server and load; the best counts
 MAX_REQUESTS = 2_000_000  # the Python load loop's bound on top of the time limit
 ROWS_LARGE = 1000
 
-# Measured earlier on this 2-core machine with wrk, one server process each, same 3->2 model,
-# at each server's best configuration (installing them here is not practical).
-MLSERVER = {"rps_1row_c32": 2200.0, "p99_ms_1row_c32": 17.0, "rows_per_s_1000_c8": 1.2e6}
-KSERVE = {"rps_1row_c32": 1950.0, "p99_ms_1row_c32": 18.0, "rows_per_s_1000_c8": 0.34e6}
+# MLServer, measured in the same run: its version, and what its virtualenv holds besides it.
+# onnxruntime and numpy are pinned to the versions Pomona runs with, so that both servers
+# call the same inference code; uvloop and httptools give uvicorn its fastest loop and parser
+# (uvloop at the release current with MLServer 1.7.1: later ones stop its worker processes).
+MLSERVER_VERSION = "1.7.1"
+MLSERVER_INSTALL_TIMEOUT_S = 900
+MODEL_NAME = "pomona"
+
+# Used only when MLServer cannot be installed or started here: figures measured earlier with
+# wrk on another machine (whose constant-response ceiling was ~39,000 req/s), same 3->2 model,
+# one process each at its best configuration.
+QUOTED_MLSERVER = {"rps_1row_c32": 2200.0, "p99_ms_1row_c32": 17.0, "rows_per_s_1000_c8": 1.2e6}
+QUOTED_KSERVE = {"rps_1row_c32": 1950.0, "p99_ms_1row_c32": 18.0, "rows_per_s_1000_c8": 0.34e6}
 
 # The constant-response ceiling: a raw ASGI app, the least any server on this stack does.
 _CEILING_BODY = (
@@ -229,18 +241,45 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _start(command: list[str], port: int, ready_path: str) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL)
-    for _ in range(600):
+def _start(
+    command: list[str],
+    port: int,
+    ready_path: str,
+    log: Path | None = None,
+    env: dict[str, str] | None = None,
+    timeout_s: float = 120.0,
+) -> subprocess.Popen[bytes]:
+    """Start ``command`` and wait until ``ready_path`` answers 200; its output goes to ``log``."""
+    out = log.open("wb") if log else subprocess.DEVNULL
+    try:
+        proc = subprocess.Popen(
+            command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT if log else None, env=env
+        )
+    finally:
+        if log:
+            out.close()  # type: ignore[union-attr]
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise SystemExit(f"server exited with status {proc.returncode}: {command}")
+            raise ServerError(f"exited with status {proc.returncode}", log)
         try:
             with urllib.request.urlopen(f"http://{HOST}:{port}{ready_path}", timeout=5):
                 return proc
         except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise SystemExit(f"server did not start: {command}")
+            time.sleep(0.1)
+    _stop(proc)
+    raise ServerError(f"not ready after {timeout_s:.0f}s", log)
+
+
+class ServerError(Exception):
+    """A server that exited or never became ready; carries the tail of its log."""
+
+    def __init__(self, what: str, log: Path | None) -> None:
+        tail = ""
+        if log and log.is_file():
+            lines = log.read_text(errors="replace").splitlines()[-15:]
+            tail = "\n".join(f"    {line}" for line in lines)
+        super().__init__(f"{what}{':' if tail else ''}\n{tail}" if tail else what)
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -251,6 +290,128 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+# -- MLServer ---------------------------------------------------------------------------------
+
+
+def mlserver_requirements() -> list[str]:
+    """What MLServer's virtualenv holds: MLServer and the same onnxruntime and numpy as ours."""
+    from importlib.metadata import version
+
+    return [
+        f"mlserver=={MLSERVER_VERSION}",
+        f"onnxruntime=={version('onnxruntime')}",
+        f"numpy=={version('numpy')}",
+        "uvloop==0.21.0",  # later releases break MLServer 1.7.1's parallel workers
+        "httptools",
+    ]
+
+
+def mlserver_venv() -> Path:
+    """Where MLServer's virtualenv lives: the user's cache folder, outside the repository."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "pomona-bench" / f"mlserver-{MLSERVER_VERSION}"
+
+
+def ensure_mlserver() -> Path:
+    """Return MLServer's virtualenv, creating it (once) when missing or out of date.
+
+    A stamp file listing the installed requirements marks a complete install; a folder
+    without it (an interrupted install) is installed over. Raises ``RuntimeError`` with
+    pip's last lines when the install fails (for instance without network access).
+    """
+    from pomona.runtime._atomic import atomic_write
+
+    venv = mlserver_venv()
+    stamp = venv / "pomona-bench-requirements.txt"
+    wanted = "\n".join(mlserver_requirements()) + "\n"
+    if stamp.is_file() and stamp.read_text() == wanted and (venv / "bin" / "mlserver").is_file():
+        print(f"MLServer {MLSERVER_VERSION}: reusing its virtualenv {venv}", flush=True)
+        return venv
+    print(
+        f"MLServer {MLSERVER_VERSION}: installing it into its own virtualenv {venv} "
+        f"({', '.join(mlserver_requirements())}); this happens once and takes about a minute",
+        flush=True,
+    )
+    start = time.perf_counter()
+    venv.parent.mkdir(parents=True, exist_ok=True)
+    python = venv / "bin" / "python"
+    steps = [
+        [sys.executable, "-m", "venv", str(venv)],
+        [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+         *mlserver_requirements()],
+    ]  # fmt: skip
+    if python.is_file():
+        steps = steps[1:]
+    for step in steps:
+        try:
+            done = subprocess.run(
+                step, capture_output=True, text=True, timeout=MLSERVER_INSTALL_TIMEOUT_S
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise RuntimeError(f"{' '.join(step[:4])} ...: {exc}") from exc
+        if done.returncode != 0:
+            lines = [
+                line
+                for line in (done.stdout + done.stderr).splitlines()
+                if not line.startswith("WARNING: Location")
+            ]
+            raise RuntimeError(f"{' '.join(step[:4])} ... failed:\n" + "\n".join(lines[-10:]))
+    with atomic_write(stamp, "w") as handle:
+        handle.write(wanted)
+    print(f"MLServer {MLSERVER_VERSION}: installed in {time.perf_counter() - start:.0f}s")
+    return venv
+
+
+def mlserver_folder(workdir: Path, model: Path, http_port: int, parallel_workers: int = 0) -> Path:
+    """Write MLServer's settings, model settings and runtime into a folder for ``mlserver start``.
+
+    One process at its best: inference in the server process (``parallel_workers: 0``, no
+    round trip to a worker pool), no access log (``debug: false``), no gzip middleware (the
+    load asks for no compression), metrics at their default (on, on a port of their own,
+    as Pomona's ``/metrics`` is on too), and gRPC, which MLServer always starts, on a free
+    port. Everything binds 127.0.0.1 only.
+    """
+    from pomona.runtime._atomic import atomic_write
+
+    folder = workdir / MODEL_NAME  # MLServer expects the folder to bear the model name
+    folder.mkdir(exist_ok=True)
+    settings = {
+        "debug": False,
+        "host": HOST,
+        "http_port": http_port,
+        "grpc_port": _free_port(),
+        "metrics_port": _free_port(),
+        "parallel_workers": parallel_workers,
+        "gzip_enabled": False,
+        "load_models_at_startup": True,
+    }
+    model_settings = {
+        "name": MODEL_NAME,
+        "implementation": "mlserver_runtime.OnnxRuntime",
+        "parameters": {"uri": str(model), "version": "1"},
+    }
+    for name, doc in (("settings.json", settings), ("model-settings.json", model_settings)):
+        with atomic_write(folder / name, "w") as handle:
+            json.dump(doc, handle, indent=2)
+    shutil.copyfile(Path(__file__).with_name("mlserver_runtime.py"), folder / "mlserver_runtime.py")
+    return folder
+
+
+def start_mlserver(venv: Path, folder: Path, port: int) -> subprocess.Popen[bytes]:
+    """``mlserver start`` on ``folder``, ready once the model answers its ready endpoint."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLSERVER_", "PYTHON"))}
+    return _start(
+        [str(venv / "bin" / "mlserver"), "start", str(folder)],
+        port,
+        f"/v2/models/{MODEL_NAME}/ready",
+        log=folder / "mlserver.log",
+        env=env,
+    )
+
+
+# -- requests --------------------------------------------------------------------------------
 
 
 def _model(workdir: Path) -> tuple[Path, str]:
@@ -297,36 +458,54 @@ def _compact(doc: object) -> bytes:
     return json.dumps(doc, separators=(",", ":")).encode()
 
 
-def _check_answers(port: int, loads: list[Load], model: Path) -> None:
-    """Each load's request must be answered correctly before it is timed."""
-    from pomona.runtime.predictor import Predictor
+def _answers_correctly(port: int, load: Load, predictor: Any, refusal_ok: bool = False) -> bool:
+    """Send ``load``'s request once and compare the answer with ``predictor``.
 
-    predictor = Predictor(model)
-    for load in loads:
-        request = urllib.request.Request(
-            f"http://{HOST}:{port}{load.path}", data=load.body, headers=load.headers
-        )
+    With ``refusal_ok``, an error status (a request format the server does not speak: MLServer
+    answers the binary tensor data extension with a 500) returns False instead of raising. A
+    wrong answer raises ``AssertionError``.
+    """
+    import urllib.error
+
+    request = urllib.request.Request(
+        f"http://{HOST}:{port}{load.path}", data=load.body, headers=load.headers
+    )
+    try:
         with urllib.request.urlopen(request, timeout=30) as response:
             body = response.read()
             split = response.headers.get("Inference-Header-Content-Length")
-        if split is None:
-            doc = json.loads(body)
-            y = np.array(doc["outputs"][0]["data"], dtype=np.float32)
-        else:
-            y = np.frombuffer(body[int(split) :], dtype="<f4")
-        if load.name.startswith("1row"):
-            x = np.array([[73.0, 67.0, 43.0]], dtype=np.float32)
-        elif split is None:
-            data = json.loads(load.body)["inputs"][0]["data"]
-            x = np.array(data, dtype=np.float32).reshape(-1, 3)
-        else:
-            header = int(load.headers["Inference-Header-Content-Length"])
-            x = np.frombuffer(load.body[header:], dtype="<f4").reshape(-1, 3)
-        np.testing.assert_allclose(y.reshape(-1, predictor.n_targets), predictor.predict(x))
+    except urllib.error.HTTPError:
+        if refusal_ok:
+            return False
+        raise
+    if split is None:
+        doc = json.loads(body)
+        y = np.array(doc["outputs"][0]["data"], dtype=np.float32)
+    else:
+        y = np.frombuffer(body[int(split) :], dtype="<f4")
+    if load.name.startswith("1row"):
+        x = np.array([[73.0, 67.0, 43.0]], dtype=np.float32)
+    elif "Inference-Header-Content-Length" not in load.headers:
+        data = json.loads(load.body)["inputs"][0]["data"]
+        x = np.array(data, dtype=np.float32).reshape(-1, 3)
+    else:
+        header = int(load.headers["Inference-Header-Content-Length"])
+        x = np.frombuffer(load.body[header:], dtype="<f4").reshape(-1, 3)
+    np.testing.assert_allclose(
+        y.reshape(-1, predictor.n_targets), predictor.predict(x), rtol=1e-6, atol=1e-5
+    )
+    return True
 
 
 def _fmt_rate(value: float) -> str:
-    return f"{value / 1e6:.2f}M" if value >= 1e6 else f"{value:,.0f}"
+    return f"{value / 1e6:.2f}M" if value >= 1e5 else f"{value:,.0f}"
+
+
+@dataclass
+class Server:
+    name: str
+    port: int
+    pid: int
 
 
 def main() -> None:
@@ -334,11 +513,15 @@ def main() -> None:
     if not use_wrk:
         print(
             "wrk is not installed (Debian/Ubuntu: sudo apt-get install wrk; macOS: brew install "
-            "wrk); using a bounded Python load loop instead, which saturates before the server "
-            "does: its absolute numbers understate the server, and the reference ratios are not "
-            "comparable (the ratio to the ceiling still is)."
+            "wrk); using a bounded Python load loop instead, which saturates before the servers "
+            "do: its absolute numbers understate them, and the ratios shrink toward 1."
         )
-    infer_path = "/v2/models/pomona/infer"
+    mlserver_problem = None
+    try:
+        venv: Path | None = ensure_mlserver()
+    except RuntimeError as exc:
+        venv, mlserver_problem = None, f"could not be installed: {exc}"
+    infer_path = f"/v2/models/{MODEL_NAME}/infer"
     with tempfile.TemporaryDirectory(prefix="pomona-bench-serve-") as tmp:
         workdir = Path(tmp)
         model, model_note = _model(workdir)
@@ -347,83 +530,160 @@ def main() -> None:
             f"model: {model_note}; one server process each, {HOST} only; "
             f"load: {'wrk -t1' if use_wrk else 'Python asyncio loop'}, "
             f"{WARMUP_S}s warm-up, then best of {ROUNDS} alternating {DURATION_S}s runs "
-            f"per server; {os.cpu_count()} CPUs"
+            f"per server; {os.cpu_count()} CPUs",
+            flush=True,
         )
+        from pomona.runtime.predictor import Predictor
 
-        # Both servers run side by side and take turns under load, so that both see the
-        # same background activity; each figure is the best of ROUNDS runs.
-        ceiling_port, port = _free_port(), _free_port()
-        launch = f"from bench.serve import run_ceiling; run_ceiling({ceiling_port})"
-        ceiling = _start([sys.executable, "-c", launch], ceiling_port, "/")
+        predictor = Predictor(model)
+        procs: list[subprocess.Popen[bytes]] = []
         try:
-            server = _start(
-                [sys.executable, "-m", "pomona.runtime.cli", "serve", str(model),
-                 "--port", str(port), "--log-level", "warning"],
-                port,
-                "/v2/health/ready",
+            # All servers run side by side and take turns under load, so that each sees the
+            # same background activity; each figure is the best of ROUNDS runs.
+            ceiling_port, port = _free_port(), _free_port()
+            launch = f"from bench.serve import run_ceiling; run_ceiling({ceiling_port})"
+            procs.append(_start([sys.executable, "-c", launch], ceiling_port, "/"))
+            servers = [Server("ceiling", ceiling_port, procs[-1].pid)]
+            procs.append(
+                _start(
+                    [sys.executable, "-m", "pomona.runtime.cli", "serve", str(model),
+                     "--port", str(port), "--name", MODEL_NAME, "--log-level", "warning"],
+                    port,
+                    "/v2/health/ready",
+                )
             )  # fmt: skip
-            try:
-                _check_answers(port, loads, model)
-                ceiling_results, results = {}, {}
-                for load in loads:
-                    runs: dict[str, list[Result]] = {"ceiling": [], "pomona": []}
-                    for target in (ceiling_port, port):
-                        _warm_up(target, load, workdir, use_wrk)
-                    for _ in range(ROUNDS):
-                        runs["ceiling"].append(
-                            measure(ceiling_port, ceiling.pid, load, workdir, use_wrk)
+            servers.append(Server("pomona", port, procs[-1].pid))
+            for load in loads:
+                if not _answers_correctly(port, load, predictor):
+                    raise SystemExit(f"pomona serve refused the {load.name} request")
+            supported = {load.name for load in loads}
+            if venv is not None:
+                ml_port = _free_port()
+                try:
+                    procs.append(
+                        start_mlserver(venv, mlserver_folder(workdir, model, ml_port), ml_port)
+                    )
+                except ServerError as exc:
+                    mlserver_problem = f"did not start: {exc}"
+                else:
+                    servers.append(Server("mlserver", ml_port, procs[-1].pid))
+                    supported = {
+                        load.name
+                        for load in loads
+                        if _answers_correctly(ml_port, load, predictor, refusal_ok=True)
+                    }
+            results: dict[str, dict[str, Result]] = {}
+            for load in loads:
+                here = [s for s in servers if s.name != "mlserver" or load.name in supported]
+                for server in here:
+                    _warm_up(server.port, load, workdir, use_wrk)
+                runs: dict[str, list[Result]] = {server.name: [] for server in here}
+                for _ in range(ROUNDS):
+                    for server in here:
+                        runs[server.name].append(
+                            measure(server.port, server.pid, load, workdir, use_wrk)
                         )
-                        runs["pomona"].append(measure(port, server.pid, load, workdir, use_wrk))
-                    ceiling_results[load.name] = best(runs["ceiling"])
-                    results[load.name] = best(runs["pomona"])
-            finally:
-                _stop(server)
+                results[load.name] = {name: best(found) for name, found in runs.items()}
         finally:
-            _stop(ceiling)
-    _report(loads, results, ceiling_results)
+            for proc in reversed(procs):
+                _stop(proc)
+    _report(loads, results, mlserver_problem)
 
 
-def _report(loads: list[Load], results: dict[str, Result], ceiling: dict[str, Result]) -> None:
+def _ratio(value: float, reference: float) -> str:
+    return f"{value / reference:.1f}x" if reference > 0 else "n/a"
+
+
+def _report(
+    loads: list[Load], results: dict[str, dict[str, Result]], mlserver_problem: str | None
+) -> None:
     print(
-        f"\n{'load':<22}{'server':<9}{'req/s':>10}{'rows/s':>10}{'p99 ms':>9}"
+        f"\n{'load':<15}{'server':<10}{'req/s':>10}{'rows/s':>10}{'p99 ms':>9}"
         f"{'cpu us/req':>12}{'errors':>8}{'of ceiling':>12}"
     )
     for load in loads:
-        for who, result in (("ceiling", ceiling[load.name]), ("pomona", results[load.name])):
+        ceiling = results[load.name]["ceiling"].requests_per_s
+        for who in ("ceiling", "pomona", "mlserver"):
+            result = results[load.name].get(who)
+            if result is None:
+                if who == "mlserver" and mlserver_problem is None:
+                    print(f"{load.name:<15}{who:<10}  n/a: refuses binary tensor data (status 500)")
+                continue
             cpu = f"{result.cpu_us_per_request:.0f}" if result.cpu_us_per_request else "-"
-            share = result.requests_per_s / ceiling[load.name].requests_per_s
             print(
-                f"{load.name:<22}{who:<9}{_fmt_rate(result.requests_per_s):>10}"
+                f"{load.name:<15}{who:<10}{_fmt_rate(result.requests_per_s):>10}"
                 f"{_fmt_rate(result.rows_per_s(load.rows)):>10}{result.p99_ms:>9.2f}"
-                f"{cpu:>12}{result.errors:>8}{share:>11.0%}"
+                f"{cpu:>12}{result.errors:>8}{result.requests_per_s / ceiling:>11.0%}"
             )
-    one, js, binary = results["1row_c32"], results["json1000_c8"], results["binary1000_c8"]
-    print("\nagainst reference servers (measured earlier on this machine, same model, wrk):")
-    for name, ref in (("MLServer 1.7.1", MLSERVER), ("KServe 0.21", KSERVE)):
+    pomona = {name: by_server["pomona"] for name, by_server in results.items()}
+    one, js, binary = pomona["1row_c32"], pomona["json1000_c8"], pomona["binary1000_c8"]
+    ml = {name: by_server.get("mlserver") for name, by_server in results.items()}
+    ml_one, ml_js = ml["1row_c32"], ml["json1000_c8"]
+    if ml_one is not None and ml_js is not None:
+        reference = {
+            "rps_1row_c32": ml_one.requests_per_s,
+            "p99_ms_1row_c32": ml_one.p99_ms,
+            "rows_per_s_1000_c8": ml_js.rows_per_s(ROWS_LARGE),
+        }
+        source = f"MLServer {MLSERVER_VERSION}, measured in this run"
+    else:
+        reference = QUOTED_MLSERVER
+        source = f"MLServer {MLSERVER_VERSION} figures QUOTED from an earlier run elsewhere"
         print(
-            f"  {name:<15} 1 row c=32: {one.requests_per_s / ref['rps_1row_c32']:.1f}x req/s "
-            f"({ref['rps_1row_c32']:,.0f}), p99 {ref['p99_ms_1row_c32'] / one.p99_ms:.1f}x lower "
-            f"({ref['p99_ms_1row_c32']:.0f} ms); 1000-row JSON c=8: "
-            f"{js.rows_per_s(ROWS_LARGE) / ref['rows_per_s_1000_c8']:.1f}x rows/s "
-            f"({_fmt_rate(ref['rows_per_s_1000_c8'])}); 1000-row binary: "
-            f"{binary.rows_per_s(ROWS_LARGE) / ref['rows_per_s_1000_c8']:.1f}x"
+            f"\n!!! MLServer {MLSERVER_VERSION} {mlserver_problem or 'was not measured'}\n"
+            "!!! The comparison below falls back to figures measured earlier on another machine"
+            "\n!!! (constant-response ceiling ~39,000 req/s there); they are NOT comparable with"
+            "\n!!! this run. Install MLServer (network access to PyPI) for a valid comparison."
         )
+    quoted = reference is QUOTED_MLSERVER
+    print(f"\npomona against {source}:")
+    print(
+        f"  1 row, c=32:           {_ratio(one.requests_per_s, reference['rps_1row_c32'])} "
+        f"req/s ({_fmt_rate(one.requests_per_s)} vs {_fmt_rate(reference['rps_1row_c32'])}); "
+        f"p99 {_ratio(reference['p99_ms_1row_c32'], one.p99_ms)} lower "
+        f"({one.p99_ms:.2f} vs {reference['p99_ms_1row_c32']:.2f} ms)"
+    )
+    ref_rows = reference["rows_per_s_1000_c8"]
+    print(
+        f"  1000-row JSON, c=8:    {_ratio(js.rows_per_s(ROWS_LARGE), ref_rows)} rows/s "
+        f"({_fmt_rate(js.rows_per_s(ROWS_LARGE))} vs {_fmt_rate(ref_rows)})"
+    )
+    ml_binary = ml["binary1000_c8"]
+    binary_rows = binary.rows_per_s(ROWS_LARGE)
+    print(
+        f"  1000-row binary, c=8:  {_ratio(binary_rows, ref_rows)} MLServer's JSON rows/s "
+        f"({_fmt_rate(binary_rows)}); {_ratio(binary.requests_per_s, js.requests_per_s)} "
+        "pomona's own JSON"
+    )
+    if ml_binary is not None:
+        print(f"    vs MLServer binary:  {_ratio(binary_rows, ml_binary.rows_per_s(ROWS_LARGE))}")
+    elif not quoted:
+        print("    MLServer binary: n/a (it does not implement the binary tensor data extension)")
+    if quoted:
+        kserve_rps = _ratio(one.requests_per_s, QUOTED_KSERVE["rps_1row_c32"])
+        kserve_rows = _ratio(js.rows_per_s(ROWS_LARGE), QUOTED_KSERVE["rows_per_s_1000_c8"])
+        print(
+            f"  KServe 0.21 (quoted likewise): {kserve_rps} req/s at 1 row; "
+            f"{kserve_rows} rows/s with 1000-row JSON"
+        )
+    ref_rps, ref_p99 = reference["rps_1row_c32"], reference["p99_ms_1row_c32"]
     targets = [
-        (">= 5x MLServer req/s at 1 row, c=32", one.requests_per_s >= 5 * MLSERVER["rps_1row_c32"]),
-        ("p99 <= 1/5 of MLServer's at 1 row, c=32", one.p99_ms <= MLSERVER["p99_ms_1row_c32"] / 5),
-        (">= 3x MLServer rows/s, 1000-row JSON, c=8",
-         js.rows_per_s(ROWS_LARGE) >= 3 * MLSERVER["rows_per_s_1000_c8"]),
+        (">= 5x MLServer req/s at 1 row, c=32", one.requests_per_s >= 5 * ref_rps),
+        ("p99 <= 1/5 of MLServer's at 1 row, c=32", one.p99_ms <= ref_p99 / 5),
+        (">= 3x MLServer rows/s, 1000-row JSON, c=8", js.rows_per_s(ROWS_LARGE) >= 3 * ref_rows),
         ("binary faster than JSON at 1000 rows", binary.requests_per_s > js.requests_per_s),
-    ]  # fmt: skip
-    print("targets:")
+    ]
+    print(f"targets (against {'QUOTED figures' if quoted else 'same-run MLServer'}):")
     for text, met in targets:
         print(f"  [{'met' if met else 'MISSED'}] {text}")
-    ceiling_one = ceiling["1row_c32"].requests_per_s
+    ceiling_one = results["1row_c32"]["ceiling"].requests_per_s
+    ml_share = f"; MLServer {ml_one.requests_per_s / ceiling_one:.0%}" if ml_one else ""
     print(
         f"ceiling (constant-response raw ASGI app, same uvicorn settings) at 1 row: "
         f"{ceiling_one:,.0f} req/s; pomona reaches {one.requests_per_s / ceiling_one:.0%} of it"
+        f"{ml_share}"
     )
-    if any(r.errors for r in (*results.values(), *ceiling.values())):
+    if any(r.errors for by_server in results.values() for r in by_server.values()):
         print("WARNING: some requests failed; the numbers above are not valid")
 
 
