@@ -273,7 +273,7 @@ def _parse_tensor(
     return _as_float32(arr).reshape(rows, n_features), offset
 
 
-def _not_numbers(name: str, datatype: str, what: str) -> RequestError:
+def _not_numbers(name: str, datatype: object, what: str) -> RequestError:
     return RequestError(f"input {name!r}: 'data' must hold only {what} for {datatype}")
 
 
