@@ -184,7 +184,7 @@ def _read_flat_numbers(body: bytes) -> dict[str, Any] | None:
     readers accept the same requests with the same values and refuse them with the same
     messages.
     """
-    brackets = body.count(b"[")
+    brackets = _count_brackets(body)
     if brackets > _FLAT_BRACKETS or b"\\" in body or body.startswith(_BOM):
         return None
     flats: list[tuple[dict[str, Any], np.ndarray]] = []
@@ -233,6 +233,20 @@ def _read_flat_numbers(body: bytes) -> dict[str, Any] | None:
     for tensor, flat in flats:
         tensor["data"] = flat
     return doc
+
+
+def _count_brackets(body: bytes) -> int:
+    """The number of '[' in ``body``, counting no further than one past ``_FLAT_BRACKETS``.
+
+    ``bytes.find`` runs on memchr; ``bytes.count`` checks byte by byte, over ten times
+    longer on a body of flat numbers.
+    """
+    count = 0
+    at = body.find(b"[")
+    while at >= 0 and count <= _FLAT_BRACKETS:
+        count += 1
+        at = body.find(b"[", at + 1)
+    return count
 
 
 def _parser(size: int) -> Any:
