@@ -2,9 +2,10 @@
 
 A plain ASGI application, no web framework: the model answers in microseconds, so
 the server's own overhead is the whole latency. It runs on uvicorn (httptools and
-uvloop when installed), parses JSON with orjson and predicts on the event loop
-thread with a one-thread onnxruntime session, small concurrent requests batched
-into one call (one process per core scales out: ``--workers``).
+uvloop when installed; each response sent in one write), parses JSON with orjson
+(large flat bodies with simdjson) and predicts on the event loop thread with a
+one-thread onnxruntime session, small concurrent requests batched into one call
+(one process per core scales out: ``--workers``).
 
 Endpoints: ``GET /v2/health/live``, ``GET /v2/health/ready``, ``GET /v2``,
 ``GET /v2/models/{name}[/versions/{v}]``, ``GET /v2/models/{name}[/versions/{v}]/ready``,
@@ -54,6 +55,13 @@ from pomona.runtime._protocol import (
 )
 from pomona.runtime.errors import PomonaError
 from pomona.runtime.predictor import Predictor
+
+# uvicorn's HTTP protocol: httptools', sending each response in one write, when installed.
+_HTTP_PROTOCOL: type[asyncio.Protocol] | str
+try:
+    from pomona.runtime._http import CoalescingHttpToolsProtocol as _HTTP_PROTOCOL
+except ImportError:  # no httptools: uvicorn's h11 protocol, as it is
+    _HTTP_PROTOCOL = "auto"
 
 __all__ = [
     "DEFAULT_MAX_BODY_SIZE",
@@ -535,8 +543,12 @@ def _log_config(log_level: str) -> dict[str, Any]:
 def uvicorn_options(
     *, host: str, port: int, log_level: str = "info", access_log: bool = False
 ) -> dict[str, Any]:
-    """The uvicorn settings ``pomona serve`` runs with (httptools and uvloop when installed)."""
+    """The uvicorn settings ``pomona serve`` runs with (httptools and uvloop when installed).
+
+    With httptools, each response goes out in one write (see :mod:`pomona.runtime._http`).
+    """
     return {
+        "http": _HTTP_PROTOCOL,
         "host": host,
         "port": port,
         "log_level": log_level,

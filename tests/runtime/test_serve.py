@@ -209,6 +209,74 @@ def test_binary_request_and_response_by_hand(server: Server) -> None:
     np.testing.assert_array_equal(y, reference_predictions(x))
 
 
+# -- HTTP on a raw socket: what the server writes, and when ---------------------------------
+
+
+def _read_until(sock: socket.socket, marker: bytes, data: bytes = b"") -> bytes:
+    while marker not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise AssertionError(f"connection closed before {marker!r}; got {data!r}")
+        data += chunk
+    return data
+
+
+def _read_response(sock: socket.socket, data: bytes = b"") -> tuple[bytes, bytes, bytes]:
+    """One response with a Content-Length: (head, body, what follows it)."""
+    data = _read_until(sock, b"\r\n\r\n", data)
+    head, rest = data.split(b"\r\n\r\n", 1)
+    length = int(re.search(rb"(?im)^content-length: *(\d+)", head).group(1))  # type: ignore[union-attr]
+    while len(rest) < length:
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed inside a body: {head!r}"
+        rest += chunk
+    return head, rest[:length], rest[length:]
+
+
+def _infer_bytes(rows: list[list[float]], request_id: str) -> bytes:
+    doc = {"id": request_id, "inputs": [features_tensor(np.array(rows, dtype=np.float32))]}
+    return json.dumps(doc).encode()
+
+
+def test_expect_100_continue_is_answered_before_the_body_is_sent(server: Server) -> None:
+    body = _infer_bytes([[1.0, 2.0, 3.0]], "continue")
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sock.sendall(
+            f"POST {INFER} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Expect: 100-continue\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        )
+        interim = _read_until(sock, b"\r\n\r\n")
+        assert interim.startswith(b"HTTP/1.1 100 Continue\r\n\r\n"), interim
+        sock.sendall(body)
+        head, answer, _ = _read_response(sock, interim[len(b"HTTP/1.1 100 Continue\r\n\r\n") :])
+    assert head.startswith(b"HTTP/1.1 200 ")
+    assert json.loads(answer)["id"] == "continue"
+
+
+def test_pipelined_requests_are_answered_whole_and_in_order(server: Server) -> None:
+    rows = [[[float(i), 2.0, 3.0]] for i in range(20)]
+    bodies = [_infer_bytes(r, str(i)) for i, r in enumerate(rows)]
+    requests = b"".join(
+        f"POST {INFER} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
+        for body in bodies
+    )
+    answers = []
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sock.sendall(requests + b"HEAD /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+        rest = b""
+        for _ in rows:
+            head, body, rest = _read_response(sock, rest)
+            assert head.startswith(b"HTTP/1.1 200 "), head
+            answers.append(json.loads(body))
+        head = _read_until(sock, b"\r\n\r\n", rest)
+    assert [a["id"] for a in answers] == [str(i) for i in range(len(rows))]
+    for r, answer in zip(rows, answers, strict=True):
+        expected = reference_predictions(np.array(r, dtype=np.float32)).ravel()
+        np.testing.assert_array_equal(np.array(answer["outputs"][0]["data"], "<f4"), expected)
+    # A HEAD response has headers only: they still go out, with nothing written after them.
+    assert head.startswith(b"HTTP/1.1 405 ") and head.endswith(b"\r\n\r\n"), head
+
+
 # -- tritonclient, unmodified ---------------------------------------------------------------
 
 
