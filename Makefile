@@ -10,7 +10,7 @@ TRAIN_ARGS ?=
 EXPORT_ARGS ?=
 SERVE_ARGS ?=
 
-.PHONY: help install train export test lint typecheck pytest bench serve clean
+.PHONY: help install train export test lint typecheck pytest bench serve docs clean
 
 help:
 	@echo "make train export   train on the bundled crop data, write $(OUT)/ artifacts"
@@ -18,6 +18,7 @@ help:
 	@echo "make lint           ruff check and ruff format --check"
 	@echo "make bench          speed ratios against references measured in the same run"
 	@echo "make serve          serve $(OUT)/model.onnx on 127.0.0.1:8000"
+	@echo "make docs           regenerate docs/commands.md from the --help texts"
 	@echo "make clean          remove .venv, $(OUT)/ and caches"
 
 install: $(STAMP)
@@ -62,6 +63,10 @@ bench: $(STAMP)
 
 serve: $(STAMP)
 	$(BIN)/pomona serve $(OUT)/model.onnx $(SERVE_ARGS)
+
+# The command reference is generated from --help; a test fails when it is stale.
+docs: $(STAMP)
+	$(BIN)/python -m tools.commands_doc
 
 clean:
 	rm -rf $(VENV) .typing $(OUT) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis bench/out
