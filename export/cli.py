@@ -9,7 +9,7 @@ import click
 from pomona.export.equivalence import EquivalenceReport
 from pomona.export.exporter import export_checkpoint
 from pomona.export.triton import valid_model_name
-from pomona.runtime._clikit import say, user_errors
+from pomona.runtime.clikit import say, user_errors
 
 __all__ = ["export"]
 

@@ -41,7 +41,7 @@ from pomona.export.manifest import build_manifest, manifest_bytes
 from pomona.export.onnx_export import INPUT_NAME, OUTPUT_NAME, export_onnx, serialize_onnx
 from pomona.export.torchscript import load_torchscript, torchscript_bytes
 from pomona.export.triton import VERSION, config_pbtxt, valid_model_name
-from pomona.runtime._atomic import atomic_write
+from pomona.runtime.files import atomic_write
 from pomona.runtime.errors import ArtifactError
 from pomona.train.checkpoint import load_checkpoint, model_from_checkpoint
 from pomona.train.model import Standardize

@@ -23,7 +23,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from pomona.runtime._atomic import atomic_write
+from pomona.runtime.files import atomic_write
 from pomona.runtime.errors import DataError, InputError
 
 __all__ = [

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pomona.runtime._atomic import atomic_write
+from pomona.runtime.files import atomic_write
 from pomona.runtime.errors import ArtifactError
 from pomona.train.model import build_model
 

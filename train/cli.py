@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from pomona.runtime._clikit import say, user_errors
+from pomona.runtime.clikit import say, user_errors
 from pomona.train.config import DEFAULT_FEATURES, DEFAULT_TARGETS, TrainConfig, default_lr
 from pomona.train.dataset import read_table, split_indices
 
