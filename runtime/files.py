@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_write", "file_sha256"]
+__all__ = ["atomic_write", "atomic_write_bytes", "file_sha256"]
 
 
 @contextlib.contextmanager
@@ -38,6 +38,12 @@ def atomic_write(
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` with :func:`atomic_write`."""
+    with atomic_write(path, "wb") as handle:
+        handle.write(data)
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:

@@ -13,7 +13,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from pomona.runtime import predictor as predictor_module
+from pomona.runtime import _session as session_module
 from pomona.runtime.errors import ArtifactError, InputError
 from pomona.runtime.predictor import Predictor
 from tests.onnx_models import (
@@ -228,10 +228,10 @@ def test_session_options(model_path: Path) -> None:
 
 def test_cuda_provider_preferred_when_available(monkeypatch: pytest.MonkeyPatch) -> None:
     available = ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    monkeypatch.setattr(predictor_module.ort, "get_available_providers", lambda: available)
-    assert predictor_module._default_providers() == available
-    monkeypatch.setattr(predictor_module.ort, "get_available_providers", lambda: available[1:])
-    assert predictor_module._default_providers() == ["CPUExecutionProvider"]
+    monkeypatch.setattr(session_module.ort, "get_available_providers", lambda: available)
+    assert session_module.default_providers() == available
+    monkeypatch.setattr(session_module.ort, "get_available_providers", lambda: available[1:])
+    assert session_module.default_providers() == ["CPUExecutionProvider"]
 
 
 def test_concurrent_calls_agree(predictor: Predictor) -> None:
@@ -275,7 +275,7 @@ class _FakeSession:
 
 
 def test_compiled_run_only_on_cpu() -> None:
-    cpu = predictor_module._fast_run(_FakeSession(["CPUExecutionProvider"]))  # type: ignore[arg-type]
+    cpu = session_module.fast_run(_FakeSession(["CPUExecutionProvider"]))  # type: ignore[arg-type]
     assert cpu([], {}, None) == "compiled"
     cuda = _FakeSession(["CUDAExecutionProvider", "CPUExecutionProvider"])
-    assert predictor_module._fast_run(cuda)([], {}, None) == "public"  # type: ignore[arg-type]
+    assert session_module.fast_run(cuda)([], {}, None) == "public"  # type: ignore[arg-type]
