@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import onnxruntime as ort
 
@@ -21,8 +20,7 @@ from pomona.runtime.errors import ArtifactError
 __all__ = ["ModelInterface", "default_providers", "fast_run", "open_session", "read_interface"]
 
 
-@dataclass(frozen=True)
-class ModelInterface:
+class ModelInterface(NamedTuple):
     """The tensors and names a model exposes."""
 
     input_name: str

@@ -12,9 +12,8 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 
@@ -122,8 +121,7 @@ def check_format(metadata: Mapping[str, str], path: str | os.PathLike[str]) -> N
         )
 
 
-@dataclass(frozen=True)
-class ManifestCheck:
+class ManifestCheck(NamedTuple):
     """How a model file compares with the ``manifest.json`` beside it.
 
     ``status`` is ``ok`` (the manifest records this file's sha256), ``none`` (no
