@@ -19,6 +19,7 @@ from pomona.export import EquivalenceError
 from pomona.export.cli import export
 from pomona.export.fold import fold_standardization
 from pomona.runtime.artifacts import (
+    CHECKPOINT_FILE,
     FEATURE_NAMES_KEY,
     FORMAT_KEY,
     MANIFEST_FILE,
@@ -74,7 +75,7 @@ def _corrupt_zip(path: Path) -> None:
 
 
 def test_corrupt_checkpoint_from_the_command_line(tmp_path: Path) -> None:
-    checkpoint = crop_checkpoint(tmp_path / "checkpoint.pt")
+    checkpoint = crop_checkpoint(tmp_path / CHECKPOINT_FILE)
     _corrupt_random(checkpoint)
     result = run_pomona("export", "--checkpoint", checkpoint, "--out", tmp_path / "out")
     assert result.returncode == 1
@@ -87,7 +88,7 @@ def test_corrupt_checkpoint_from_the_command_line(tmp_path: Path) -> None:
     "damage", [_corrupt_random, _corrupt_truncated, _corrupt_empty, _corrupt_text, _corrupt_zip]
 )
 def test_corrupt_checkpoint(damage: Callable[[Path], None], tmp_path: Path) -> None:
-    checkpoint = crop_checkpoint(tmp_path / "checkpoint.pt")
+    checkpoint = crop_checkpoint(tmp_path / CHECKPOINT_FILE)
     damage(checkpoint)
     result = CliRunner().invoke(
         export, ["--checkpoint", str(checkpoint), "--out", str(tmp_path / "out")]
@@ -107,7 +108,7 @@ def test_missing_checkpoint(tmp_path: Path) -> None:
 
 
 def test_checkpoint_of_another_format(tmp_path: Path) -> None:
-    checkpoint = crop_checkpoint(tmp_path / "checkpoint.pt")
+    checkpoint = crop_checkpoint(tmp_path / CHECKPOINT_FILE)
     state = torch.load(checkpoint, weights_only=True)
     state["format"] = 99
     torch.save(state, checkpoint)
