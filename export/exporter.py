@@ -307,7 +307,7 @@ def export_checkpoint(
     built = build(checkpoint, name)
     out_dir = Path(out) if out is not None else built.checkpoint.parent
     repo_dir = Path(triton_repo) if triton_repo is not None else None
-    _check_no_paths(built.onnx_bytes, built.checkpoint, out_dir, *filter(None, [repo_dir]))
+    _check_no_paths(built.onnx_bytes, built.checkpoint, out_dir, *([repo_dir] if repo_dir else []))
     created_out = not out_dir.exists()
     try:
         staging = _staging_folder(out_dir, repo_dir)
