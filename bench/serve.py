@@ -321,7 +321,7 @@ def ensure_mlserver() -> Path:
     without it (an interrupted install) is installed over. Raises ``RuntimeError`` with
     pip's last lines when the install fails (for instance without network access).
     """
-    from pomona.runtime._atomic import atomic_write
+    from pomona.runtime.files import atomic_write
 
     venv = mlserver_venv()
     stamp = venv / "pomona-bench-requirements.txt"
@@ -373,7 +373,7 @@ def mlserver_folder(workdir: Path, model: Path, http_port: int, parallel_workers
     as Pomona's ``/metrics`` is on too), and gRPC, which MLServer always starts, on a free
     port. Everything binds 127.0.0.1 only.
     """
-    from pomona.runtime._atomic import atomic_write
+    from pomona.runtime.files import atomic_write
 
     folder = workdir / MODEL_NAME  # MLServer expects the folder to bear the model name
     folder.mkdir(exist_ok=True)

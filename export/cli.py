@@ -9,7 +9,14 @@ import click
 from pomona.export.equivalence import EquivalenceReport
 from pomona.export.exporter import export_checkpoint
 from pomona.export.triton import valid_model_name
-from pomona.runtime._clikit import say, user_errors
+from pomona.runtime.artifacts import (
+    CHECKPOINT_FILE,
+    DEFAULT_FOLDER,
+    MANIFEST_FILE,
+    ONNX_FILE,
+    TORCHSCRIPT_FILE,
+)
+from pomona.runtime.clikit import say, user_errors
 
 __all__ = ["export"]
 
@@ -47,7 +54,7 @@ def report_lines(report: EquivalenceReport) -> list[str]:
 @click.option(
     "--checkpoint",
     type=click.Path(dir_okay=False, path_type=Path),
-    default=Path("artifacts/checkpoint.pt"),
+    default=Path(DEFAULT_FOLDER, CHECKPOINT_FILE),
     show_default=True,
     help="Checkpoint written by 'pomona train'.",
 )
@@ -55,7 +62,8 @@ def report_lines(report: EquivalenceReport) -> list[str]:
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help="Folder for model.onnx, model.pt and manifest.json  [default: the checkpoint's folder]",
+    help=f"Folder for {ONNX_FILE}, {TORCHSCRIPT_FILE} and {MANIFEST_FILE}  "
+    "[default: the checkpoint's folder]",
 )
 @click.option(
     "--name",
@@ -69,7 +77,7 @@ def report_lines(report: EquivalenceReport) -> list[str]:
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
     help="Also write a Triton model repository entry: DIR/NAME/config.pbtxt and "
-    "DIR/NAME/1/model.onnx.",
+    f"DIR/NAME/1/{ONNX_FILE}.",
 )
 @user_errors
 def export(checkpoint: Path, out: Path | None, name: str, triton_repo: Path | None) -> None:

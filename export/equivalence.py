@@ -8,7 +8,9 @@ every batch size in :data:`BATCH_SIZES`, and every output value must satisfy
 
 where ``scale = max(1, max |reference|)`` over that output column (target): the
 absolute tolerance grows with the magnitude of the output, so a target in the
-thousands is held to the same number of significant digits as one near 1.
+thousands is held to the same number of significant digits as one near 1. The
+constants and the rule belong to the artifact contract
+(:mod:`pomona.runtime.artifacts`); they are re-exported here.
 
 The report gives, per artifact, the largest absolute difference and the largest
 difference relative to the column's magnitude (``|a - b| / max |reference|``),
@@ -21,14 +23,17 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import onnxruntime as ort
 import torch
 from torch import nn
 
+from pomona.runtime.artifacts import ATOL, RTOL, TOLERANCE_RULE, allowed_difference
 from pomona.runtime.errors import ArtifactError
+
+if TYPE_CHECKING:
+    from pomona.runtime.predictor import Predictor
 
 __all__ = [
     "ATOL",
@@ -43,16 +48,11 @@ __all__ = [
     "check_equivalence",
     "compare_outputs",
     "evaluation_rows",
-    "onnx_session",
     "predict_eager",
-    "predict_onnx",
+    "predict_runtime",
     "predict_torchscript",
 ]
 
-#: Absolute tolerance, multiplied by the output column's scale ``max(1, max |reference|)``.
-ATOL = 1e-5
-#: Relative tolerance, multiplied by ``|reference|`` element by element.
-RTOL = 1e-5
 #: Every artifact is run at each of these batch sizes.
 BATCH_SIZES: tuple[int, ...] = (1, 7, 4096)
 #: Random rows added to the training rows at every export.
@@ -113,9 +113,7 @@ class EquivalenceReport:
     atol: float = ATOL
     rtol: float = RTOL
     reference: str = "pytorch eager, unfolded (Standardize layer intact)"
-    tolerance: str = (
-        "|artifact - reference| <= atol * max(1, max|reference column|) + rtol * |reference|"
-    )
+    tolerance: str = TOLERANCE_RULE
 
     @property
     def passed(self) -> bool:
@@ -141,14 +139,6 @@ def _finite_or_none(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_finite_or_none(item) for item in value]
     return value
-
-
-def allowed_difference(reference: np.ndarray) -> np.ndarray:
-    """Per element, the largest difference from ``reference`` that passes."""
-    ref = np.abs(np.asarray(reference, dtype=np.float64))
-    finite = np.where(np.isfinite(ref), ref, 0.0)
-    scale = np.maximum(1.0, finite.max(axis=0, initial=0.0))
-    return ATOL * scale + RTOL * ref
 
 
 def compare_outputs(
@@ -227,23 +217,9 @@ def predict_torchscript(
     return _in_batches(lambda b: module(torch.from_numpy(b)).numpy(), x, batch_size)
 
 
-def onnx_session(model: bytes | str) -> ort.InferenceSession:
-    """An onnxruntime CPU session for the model's bytes or file."""
-    try:
-        return ort.InferenceSession(model, providers=["CPUExecutionProvider"])
-    except Exception as err:  # onnxruntime raises its own exception types
-        raise ArtifactError(f"onnxruntime cannot load the exported model: {err}") from err
-
-
-def predict_onnx(session: ort.InferenceSession, x: np.ndarray, batch_size: int) -> np.ndarray:
-    """Run an onnxruntime session with one input and one output, ``batch_size`` rows per call."""
-    name = session.get_inputs()[0].name
-
-    def run(b: np.ndarray) -> np.ndarray:
-        out: np.ndarray = session.run(None, {name: b})[0]
-        return out
-
-    return _in_batches(run, x, batch_size)
+def predict_runtime(predictor: Predictor, x: np.ndarray, batch_size: int) -> np.ndarray:
+    """Run ``model.onnx`` through the runtime's :class:`Predictor`, ``batch_size`` rows per call."""
+    return _in_batches(predictor.predict, x, batch_size)
 
 
 def check_equivalence(

@@ -1,17 +1,25 @@
-"""Checkpoint in, verified artifacts out: the whole of ``pomona export`` as one function.
+"""Checkpoint in, verified artifacts out: ``pomona export`` in three named steps.
 
-Every file is first written to a temporary folder inside the output folder,
-loaded back from there and checked (interface, then values against the trained
-model); only when all checks pass is each file moved into place with
-``os.replace``, ``manifest.json`` last. A failed export leaves earlier
-artifacts as they were.
+:func:`build`
+    checkpoint -> trained model -> folded model -> the bytes of ``model.onnx`` and
+    ``model.pt``, in memory.
+:func:`verify`
+    write both into a staging folder inside the output folder and load them back the
+    way they will be used: ``model.onnx`` with the runtime's :class:`Predictor` (so
+    anything the runtime would refuse fails the export), ``model.pt`` with TorchScript;
+    check the interface, then the values against the trained model.
+:func:`publish`
+    stage ``manifest.json`` (and the Triton entry), then move each file into place
+    with ``os.replace``, ``manifest.json`` last.
+
+:func:`export_checkpoint` runs the three. A failed export leaves earlier artifacts
+as they were.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
-import hashlib
 import json
 import math
 import os
@@ -25,43 +33,51 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 from torch import nn
 
 from pomona.export.equivalence import (
     EquivalenceReport,
     check_equivalence,
     evaluation_rows,
-    onnx_session,
-    predict_onnx,
+    predict_runtime,
     predict_torchscript,
 )
 from pomona.export.fold import fold_standardization
-from pomona.export.manifest import build_manifest, manifest_bytes
-from pomona.export.onnx_export import INPUT_NAME, OUTPUT_NAME, export_onnx, serialize_onnx
+from pomona.export.manifest import artifact_entry, build_manifest, manifest_bytes
+from pomona.export.onnx_export import export_onnx, serialize_onnx
 from pomona.export.torchscript import load_torchscript, torchscript_bytes
-from pomona.export.triton import VERSION, config_pbtxt, valid_model_name
-from pomona.runtime._atomic import atomic_write
+from pomona.export.triton import place_entry, stage_entry, valid_model_name
+from pomona.runtime.artifacts import (
+    FEATURE_NAMES_KEY,
+    FORMAT_KEY,
+    FORMAT_VERSION,
+    INPUT_NAME,
+    MANIFEST_FILE,
+    ONNX_FILE,
+    OUTPUT_NAME,
+    TARGET_NAMES_KEY,
+    TORCHSCRIPT_FILE,
+    TRAINING_KEY,
+)
 from pomona.runtime.errors import ArtifactError
+from pomona.runtime.files import atomic_write_bytes
+from pomona.runtime.predictor import Predictor
 from pomona.train.checkpoint import load_checkpoint, model_from_checkpoint
 from pomona.train.model import Standardize
 
 __all__ = [
-    "MANIFEST_FILE",
-    "ONNX_FILE",
-    "ONNX_FORMAT",
-    "TORCHSCRIPT_FILE",
+    "BuiltArtifacts",
     "ExportResult",
+    "build",
     "export_checkpoint",
     "onnx_metadata",
+    "publish",
     "training_features",
+    "verify",
 ]
 
-ONNX_FILE = "model.onnx"
-TORCHSCRIPT_FILE = "model.pt"
-MANIFEST_FILE = "manifest.json"
-#: Value of the ``pomona.format`` metadata entry of ``model.onnx``.
-ONNX_FORMAT = "1"
+#: Export checks ``model.onnx`` on the CPU, whatever providers serving will use.
+_PROVIDERS = ("CPUExecutionProvider",)
 
 
 @dataclass(frozen=True)
@@ -117,10 +133,10 @@ def onnx_metadata(state: Mapping[str, Any]) -> dict[str, str]:
         "metrics": state.get("metrics") or {},
     }
     return {
-        "pomona.format": ONNX_FORMAT,
-        "pomona.feature_names": json.dumps(list(state["feature_names"])),
-        "pomona.target_names": json.dumps(list(state["target_names"])),
-        "pomona.training": _json(summary),
+        FORMAT_KEY: str(FORMAT_VERSION),
+        FEATURE_NAMES_KEY: json.dumps(list(state["feature_names"])),
+        TARGET_NAMES_KEY: json.dumps(list(state["target_names"])),
+        TRAINING_KEY: _json(summary),
     }
 
 
@@ -167,47 +183,111 @@ def _check_no_paths(data: bytes, *paths: Path) -> None:
             raise ArtifactError(f"{ONNX_FILE} would contain the local path {text!r}; not written")
 
 
-def _check_interface(session: ort.InferenceSession, n_features: int, n_targets: int) -> None:
-    inputs, outputs = session.get_inputs(), session.get_outputs()
-    problems = []
-    for kind, args, name, width in (
-        ("input", inputs, INPUT_NAME, n_features),
-        ("output", outputs, OUTPUT_NAME, n_targets),
-    ):
-        if len(args) != 1 or args[0].name != name:
-            problems.append(f"{kind}s are {[a.name for a in args]}, expected [{name!r}]")
-            continue
-        arg = args[0]
-        batch_dynamic = len(arg.shape) == 2 and not isinstance(arg.shape[0], int)
-        if arg.type != "tensor(float)" or not batch_dynamic or arg.shape[1] != width:
-            problems.append(
-                f"{kind} {name!r} is {arg.type} {arg.shape}, expected tensor(float) "
-                f"['batch', {width}]"
-            )
-    if problems:
-        raise ArtifactError(f"{ONNX_FILE} has the wrong interface: {'; '.join(problems)}")
+# -- the three steps ----------------------------------------------------------------------
 
 
-def _normalization(model: nn.Sequential) -> tuple[np.ndarray, np.ndarray]:
-    standardize = model[0]
-    if not isinstance(standardize, Standardize):  # pragma: no cover - build_model guarantees it
-        raise ArtifactError("model does not start with a Standardize layer")
-    return standardize.mean.double().numpy(), standardize.std.double().numpy()
+@dataclass(frozen=True)
+class BuiltArtifacts:
+    """What :func:`build` made from a checkpoint, still in memory."""
+
+    name: str
+    checkpoint: Path
+    state: Mapping[str, Any]
+    #: The model as trained (unfolded): the reference every artifact is checked against.
+    model: nn.Sequential
+    onnx_bytes: bytes
+    pt_bytes: bytes
+    onnx_ops: tuple[str, ...]
+
+    @property
+    def feature_names(self) -> list[str]:
+        return list(self.state["feature_names"])
+
+    @property
+    def target_names(self) -> list[str]:
+        return list(self.state["target_names"])
 
 
-def _write(path: Path, data: bytes) -> None:
-    with atomic_write(path, "wb") as handle:
-        handle.write(data)
+def build(checkpoint: str | os.PathLike[str], name: str = "pomona") -> BuiltArtifacts:
+    """Load ``checkpoint``, fold the standardization, and serialize ONNX and TorchScript."""
+    if not valid_model_name(name):
+        raise ArtifactError(f"model name {name!r} must be letters, digits, '_', '.' or '-'")
+    path = Path(checkpoint)
+    state = load_checkpoint(path)
+    model = model_from_checkpoint(state)
+    folded = fold_standardization(model)
+    proto = export_onnx(folded, len(state["feature_names"]), onnx_metadata(state), graph_name=name)
+    return BuiltArtifacts(
+        name=name,
+        checkpoint=path,
+        state=state,
+        model=model,
+        onnx_bytes=serialize_onnx(proto),
+        pt_bytes=torchscript_bytes(folded),
+        onnx_ops=tuple(node.op_type for node in proto.graph.node),
+    )
 
 
-def _checkpoint_entry(path: Path, state: Mapping[str, Any]) -> dict[str, Any]:
-    data = path.read_bytes()
-    return {
-        "file": path.name,
-        "sha256": hashlib.sha256(data).hexdigest(),
-        "size": len(data),
-        "epoch": state.get("epoch"),
-    }
+def verify(built: BuiltArtifacts, staging: Path) -> EquivalenceReport:
+    """Write both artifacts into ``staging``, load them back as they will be used, compare.
+
+    Raises :class:`ArtifactError` when the runtime refuses ``model.onnx`` or its
+    interface is not the contract's, and
+    :class:`~pomona.export.equivalence.EquivalenceError` when values differ.
+    """
+    atomic_write_bytes(staging / ONNX_FILE, built.onnx_bytes)
+    atomic_write_bytes(staging / TORCHSCRIPT_FILE, built.pt_bytes)
+    predictor = _load_in_runtime(staging / ONNX_FILE, built)
+    scripted = load_torchscript(staging / TORCHSCRIPT_FILE)
+    mean, std = _normalization(built.model)
+    training = training_features(built.state)
+    return check_equivalence(
+        built.model,
+        {
+            TORCHSCRIPT_FILE: lambda x, b: predict_torchscript(scripted, x, b),
+            ONNX_FILE: lambda x, b: predict_runtime(predictor, x, b),
+        },
+        evaluation_rows(mean, std, training),
+        training_rows=0 if training is None else len(training),
+    )
+
+
+def publish(
+    built: BuiltArtifacts,
+    report: EquivalenceReport,
+    staging: Path,
+    out_dir: Path,
+    repo_dir: Path | None = None,
+) -> list[Path]:
+    """Stage the manifest (and Triton entry), then move every file into place, manifest last.
+
+    ``staging`` holds the verified ``model.onnx`` and ``model.pt``. Returns the
+    paths written.
+    """
+    manifest = build_manifest(
+        name=built.name,
+        feature_names=built.feature_names,
+        target_names=built.target_names,
+        artifacts={ONNX_FILE: built.onnx_bytes, TORCHSCRIPT_FILE: built.pt_bytes},
+        checkpoint=_checkpoint_entry(built.checkpoint, built.state),
+        equivalence=report.as_dict(),
+    )
+    atomic_write_bytes(staging / MANIFEST_FILE, manifest_bytes(manifest))
+    triton: Path | None = None
+    try:
+        if repo_dir is not None:
+            widths = len(built.feature_names), len(built.target_names)
+            triton = stage_entry(repo_dir, built.name, built.onnx_bytes, *widths)
+        files = []
+        for file in (ONNX_FILE, TORCHSCRIPT_FILE, MANIFEST_FILE):
+            os.replace(staging / file, out_dir / file)
+            files.append(out_dir / file)
+        if repo_dir is not None and triton is not None:
+            files += place_entry(triton, repo_dir / built.name)
+    finally:
+        if triton is not None:
+            shutil.rmtree(triton, ignore_errors=True)
+    return files
 
 
 def export_checkpoint(
@@ -224,73 +304,22 @@ def export_checkpoint(
     subclass :class:`~pomona.export.equivalence.EquivalenceError`) and writes
     nothing when any step or check fails.
     """
-    if not valid_model_name(name):
-        raise ArtifactError(f"model name {name!r} must be letters, digits, '_', '.' or '-'")
-    checkpoint_path = Path(checkpoint)
-    state = load_checkpoint(checkpoint_path)
-    model = model_from_checkpoint(state)
-    feature_names, target_names = list(state["feature_names"]), list(state["target_names"])
-    n_features, n_targets = len(feature_names), len(target_names)
-    out_dir = Path(out) if out is not None else checkpoint_path.parent
+    built = build(checkpoint, name)
+    out_dir = Path(out) if out is not None else built.checkpoint.parent
     repo_dir = Path(triton_repo) if triton_repo is not None else None
-
-    folded = fold_standardization(model)
-    proto = export_onnx(folded, n_features, onnx_metadata(state), graph_name=name)
-    onnx_bytes = serialize_onnx(proto)
-    _check_no_paths(onnx_bytes, checkpoint_path, out_dir, *([repo_dir] if repo_dir else []))
-    pt_bytes = torchscript_bytes(folded)
-
+    _check_no_paths(built.onnx_bytes, built.checkpoint, out_dir, *([repo_dir] if repo_dir else []))
     created_out = not out_dir.exists()
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        if repo_dir is not None:
-            repo_dir.mkdir(parents=True, exist_ok=True)
+        staging = _staging_folder(out_dir, repo_dir)
     except OSError as err:
         raise ArtifactError(f"cannot create the output folder: {err}") from err
-    staging = Path(tempfile.mkdtemp(prefix=".pomona-export-", dir=out_dir))
-    triton_staging: Path | None = None
     try:
-        _write(staging / ONNX_FILE, onnx_bytes)
-        _write(staging / TORCHSCRIPT_FILE, pt_bytes)
-        session = onnx_session(str(staging / ONNX_FILE))
-        _check_interface(session, n_features, n_targets)
-        scripted = load_torchscript(staging / TORCHSCRIPT_FILE)
-
-        mean, std = _normalization(model)
-        training = training_features(state)
-        rows = evaluation_rows(mean, std, training)
-        report = check_equivalence(
-            model,
-            {
-                TORCHSCRIPT_FILE: lambda x, b: predict_torchscript(scripted, x, b),
-                ONNX_FILE: lambda x, b: predict_onnx(session, x, b),
-            },
-            rows,
-            training_rows=0 if training is None else len(training),
-        )
-        manifest = build_manifest(
-            name=name,
-            feature_names=feature_names,
-            target_names=target_names,
-            artifacts={ONNX_FILE: onnx_bytes, TORCHSCRIPT_FILE: pt_bytes},
-            checkpoint=_checkpoint_entry(checkpoint_path, state),
-            equivalence=report.as_dict(),
-        )
-        _write(staging / MANIFEST_FILE, manifest_bytes(manifest))
-        triton_staging = _stage_triton(repo_dir, name, onnx_bytes, n_features, n_targets)
-
-        files = []
-        for file in (ONNX_FILE, TORCHSCRIPT_FILE, MANIFEST_FILE):
-            os.replace(staging / file, out_dir / file)
-            files.append(out_dir / file)
-        if repo_dir is not None and triton_staging is not None:
-            files += _place_triton(triton_staging, repo_dir / name)
+        report = verify(built, staging)
+        files = publish(built, report, staging, out_dir, repo_dir)
     except OSError as err:
         raise ArtifactError(f"cannot write the artifacts: {err}") from err
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-        if triton_staging is not None:
-            shutil.rmtree(triton_staging, ignore_errors=True)
         if created_out:
             with contextlib.suppress(OSError):
                 out_dir.rmdir()  # only succeeds when nothing was written
@@ -298,27 +327,57 @@ def export_checkpoint(
         out=out_dir,
         files=tuple(files),
         report=report,
-        onnx_ops=tuple(node.op_type for node in proto.graph.node),
+        onnx_ops=built.onnx_ops,
         triton_model_dir=None if repo_dir is None else repo_dir / name,
     )
 
 
-def _stage_triton(
-    repo_dir: Path | None, name: str, onnx_bytes: bytes, n_features: int, n_targets: int
-) -> Path | None:
-    if repo_dir is None:
-        return None
-    staged = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=repo_dir))
-    _write(staged / "config.pbtxt", config_pbtxt(name, n_features, n_targets).encode())
-    (staged / VERSION).mkdir()
-    _write(staged / VERSION / ONNX_FILE, onnx_bytes)
-    return staged
+# -- helpers of the steps ----------------------------------------------------------------
 
 
-def _place_triton(staged: Path, model_dir: Path) -> list[Path]:
-    (model_dir / VERSION).mkdir(parents=True, exist_ok=True)
-    placed = []
-    for relative in (Path(VERSION) / ONNX_FILE, Path("config.pbtxt")):
-        os.replace(staged / relative, model_dir / relative)
-        placed.append(model_dir / relative)
-    return placed
+def _load_in_runtime(path: Path, built: BuiltArtifacts) -> Predictor:
+    """``model.onnx`` as ``pomona predict`` and ``pomona serve`` will load it."""
+    try:
+        predictor = Predictor(path, check_manifest=False, providers=_PROVIDERS)
+    except ArtifactError as err:
+        reason = str(err).removeprefix(f"{path}: ")
+        raise ArtifactError(f"the runtime refuses the exported {ONNX_FILE}: {reason}") from err
+    _check_interface(predictor, built.feature_names, built.target_names)
+    return predictor
+
+
+def _check_interface(predictor: Predictor, features: list[str], targets: list[str]) -> None:
+    """One input and one output, with the contract's names, dynamic batch and our names."""
+    session = predictor.session
+    problems = []
+    for kind, args, name, expected, found in (
+        ("input", session.get_inputs(), INPUT_NAME, features, predictor.feature_names),
+        ("output", session.get_outputs(), OUTPUT_NAME, targets, predictor.target_names),
+    ):
+        if len(args) != 1 or args[0].name != name:
+            problems.append(f"{kind}s are {[a.name for a in args]}, expected [{name!r}]")
+        elif isinstance(args[0].shape[0], int):
+            problems.append(f"{kind} {name!r} has a fixed batch size {args[0].shape[0]}")
+        if found != expected:
+            problems.append(f"{kind} names are {found}, expected {expected}")
+    if problems:
+        raise ArtifactError(f"{ONNX_FILE} has the wrong interface: {'; '.join(problems)}")
+
+
+def _normalization(model: nn.Sequential) -> tuple[np.ndarray, np.ndarray]:
+    standardize = model[0]
+    if not isinstance(standardize, Standardize):  # pragma: no cover - build_model guarantees it
+        raise ArtifactError("model does not start with a Standardize layer")
+    return standardize.mean.double().numpy(), standardize.std.double().numpy()
+
+
+def _checkpoint_entry(path: Path, state: Mapping[str, Any]) -> dict[str, Any]:
+    return {"file": path.name, **artifact_entry(path.read_bytes()), "epoch": state.get("epoch")}
+
+
+def _staging_folder(out_dir: Path, repo_dir: Path | None) -> Path:
+    """Create the output folders; return a new, empty staging folder inside ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if repo_dir is not None:
+        repo_dir.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=".pomona-export-", dir=out_dir))

@@ -1,6 +1,7 @@
 """``manifest.json``: what an export wrote, with checksums and its equivalence report.
 
-Layout (format 1)::
+The runtime reads it back with :func:`pomona.runtime.artifacts.check_manifest`.
+Layout (format 1, :data:`~pomona.runtime.artifacts.FORMAT_VERSION`)::
 
     {
       "format": 1,
@@ -25,9 +26,9 @@ from collections.abc import Mapping, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-__all__ = ["MANIFEST_FORMAT", "artifact_entry", "build_manifest", "manifest_bytes", "versions"]
+from pomona.runtime.artifacts import FORMAT_VERSION
 
-MANIFEST_FORMAT = 1
+__all__ = ["artifact_entry", "build_manifest", "manifest_bytes", "versions"]
 
 
 def _version(package: str) -> str:
@@ -58,7 +59,7 @@ def build_manifest(
 ) -> dict[str, Any]:
     """The manifest as a dict; ``artifacts`` maps file names to their contents."""
     return {
-        "format": MANIFEST_FORMAT,
+        "format": FORMAT_VERSION,
         "name": name,
         "versions": versions(),
         "feature_names": list(feature_names),

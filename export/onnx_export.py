@@ -21,19 +21,11 @@ import onnxscript  # noqa: F401  (the torch exporter needs it; fail early, at im
 import torch
 from torch import nn
 
+from pomona.runtime.artifacts import INPUT_NAME, OUTPUT_NAME
 from pomona.runtime.errors import ArtifactError
 
-__all__ = [
-    "INPUT_NAME",
-    "OPSET",
-    "OUTPUT_NAME",
-    "export_onnx",
-    "serialize_onnx",
-    "strip_provenance",
-]
+__all__ = ["OPSET", "export_onnx", "serialize_onnx", "strip_provenance"]
 
-INPUT_NAME = "features"
-OUTPUT_NAME = "predictions"
 #: ONNX opset of the exported graph. Gemm and Relu are unchanged since opset 14; 18 is
 #: the oldest the torch exporter writes natively and loads in onnxruntime >= 1.14.
 OPSET = 18

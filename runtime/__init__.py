@@ -1,6 +1,10 @@
 """Pomona's runtime: onnxruntime + numpy, never torch.
 
 ``Predictor`` is imported on first use, so ``import pomona.runtime`` stays cheap.
+Public modules that train and export share with the runtime:
+:mod:`pomona.runtime.artifacts` (the artifact contract), :mod:`pomona.runtime.files`
+(atomic writes, checksums), :mod:`pomona.runtime.clikit` (CLI messages and errors)
+and :mod:`pomona.runtime.errors`.
 """
 
 from __future__ import annotations

@@ -23,8 +23,8 @@ from typing import IO, Any
 
 import numpy as np
 
-from pomona.runtime._atomic import atomic_write
 from pomona.runtime.errors import DataError, InputError
+from pomona.runtime.files import atomic_write
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",

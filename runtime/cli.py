@@ -11,41 +11,78 @@ line (unknown option, bad value), as click reports it.
 from __future__ import annotations
 
 import importlib
-from typing import Any
+import importlib.util
+from typing import Any, NamedTuple
 
 import click
 
-__all__ = ["main"]
+__all__ = ["COMMANDS", "Command", "install_hint", "main"]
 
-# name -> (module:attribute, extra that brings its dependencies, one-line help)
-_COMMANDS: dict[str, tuple[str, str | None, str]] = {
-    "train": ("pomona.train.cli:train", "train", "Train a model on the crop data or a CSV."),
-    "export": (
-        "pomona.export.cli:export",
-        "export",
-        "Export a checkpoint to TorchScript and ONNX, proven equivalent.",
+
+class Command(NamedTuple):
+    """One ``pomona`` subcommand: where it lives, its one-line help, the extra it needs."""
+
+    #: ``module:attribute``, imported only when the command runs.
+    target: str
+    #: Shown by ``pomona --help`` (listing commands must not import them).
+    help: str
+    #: The extra (``pip install 'pomona[EXTRA]'``) that brings its dependencies.
+    extra: str | None = None
+    #: Modules of that extra the command cannot start without (found, not imported).
+    needs: tuple[str, ...] = ()
+
+    def missing(self) -> list[str]:
+        """The modules in :attr:`needs` that are not installed."""
+        return [name for name in self.needs if not _installed(name)]
+
+
+#: Every subcommand, and which extra it needs: the one place that decides it.
+COMMANDS: dict[str, Command] = {
+    "train": Command(
+        "pomona.train.cli:train", "Train a model on the crop data or a CSV.", "train", ("torch",)
     ),
-    "predict": ("pomona.runtime.predict_cli:predict", None, "Predict a batch file."),
-    "info": ("pomona.runtime.predict_cli:info", None, "Show what a model expects and returns."),
-    "serve": (
+    "export": Command(
+        "pomona.export.cli:export",
+        "Export a checkpoint to TorchScript and ONNX, proven equivalent.",
+        "export",
+        ("torch", "onnx", "onnxscript"),
+    ),
+    "predict": Command("pomona.runtime.predict_cli:predict", "Predict a batch file."),
+    "info": Command("pomona.runtime.predict_cli:info", "Show what a model expects and returns."),
+    "serve": Command(
         "pomona.runtime.serve_cli:serve",
-        "serve",
         "Serve a model over HTTP (Open Inference Protocol).",
+        "serve",
+        ("uvicorn", "orjson", "prometheus_client"),
     ),
 }
 
 
-def _missing_extra(name: str, extra: str, missing: str) -> click.Command:
+def install_hint(extra: str) -> str:
+    """The command that installs ``extra``."""
+    return f"pip install 'pomona[{extra}]'"
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _missing_extra(name: str, command: Command, missing: str) -> click.Command:
+    extra = command.extra or ""
+
     def run(**_: Any) -> None:
         raise click.ClickException(
             f"'pomona {name}' needs the '{extra}' extra ({missing} is not installed): "
-            f"pip install 'pomona[{extra}]'"
+            f"{install_hint(extra)}"
         )
 
     return click.Command(
         name,
         callback=run,
-        help=f"{_COMMANDS[name][2]} Needs: pip install 'pomona[{extra}]'.",
+        help=f"{command.help} Needs: {install_hint(extra)}.",
         context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
         params=[click.Argument(["args"], nargs=-1, type=click.UNPROCESSED)],
     )
@@ -53,26 +90,29 @@ def _missing_extra(name: str, extra: str, missing: str) -> click.Command:
 
 class _LazyGroup(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return list(_COMMANDS)
+        return list(COMMANDS)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        if cmd_name not in _COMMANDS:
+        command = COMMANDS.get(cmd_name)
+        if command is None:
             return None
-        target, extra, _ = _COMMANDS[cmd_name]
-        module_name, attr = target.split(":")
+        missing = command.missing()
+        if missing:
+            return _missing_extra(cmd_name, command, missing[0])
+        module_name, attr = command.target.split(":")
         try:
             module = importlib.import_module(module_name)
-        except ModuleNotFoundError as err:
-            if extra is None or (err.name or "").startswith("pomona"):
+        except ModuleNotFoundError as err:  # a dependency of a dependency
+            if command.extra is None or (err.name or "").startswith("pomona"):
                 raise
-            return _missing_extra(cmd_name, extra, err.name or "a dependency")
-        command: click.Command = getattr(module, attr)
-        return command
+            return _missing_extra(cmd_name, command, err.name or "a dependency")
+        found: click.Command = getattr(module, attr)
+        return found
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         # Static one-liners: listing commands must not import torch.
         with formatter.section("Commands"):
-            formatter.write_dl([(name, help_) for name, (_, _, help_) in _COMMANDS.items()])
+            formatter.write_dl([(name, command.help) for name, command in COMMANDS.items()])
 
 
 @click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

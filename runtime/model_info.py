@@ -6,13 +6,14 @@ The IR version and opsets are read straight from the top level of the ONNX proto
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
+from pomona.runtime.artifacts import check_manifest
 from pomona.runtime.errors import ArtifactError
-from pomona.runtime.predictor import MANIFEST_NAME, Predictor, file_sha256
+from pomona.runtime.files import file_sha256
+from pomona.runtime.predictor import Predictor
 
 __all__ = ["describe", "onnx_header"]
 
@@ -81,24 +82,6 @@ def onnx_header(path: str | os.PathLike[str]) -> dict[str, Any]:
     return facts
 
 
-def _manifest_status(path: Path, sha256: str) -> dict[str, str]:
-    manifest_path = path.parent / MANIFEST_NAME
-    if not manifest_path.is_file():
-        return {"status": "none", "detail": f"no {MANIFEST_NAME} beside the model"}
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        expected = manifest["artifacts"][path.name]["sha256"]
-    except (ValueError, KeyError, TypeError):
-        return {"status": "unreadable", "detail": f"{MANIFEST_NAME} has no sha256 for {path.name}"}
-    if expected != sha256:
-        return {
-            "status": "mismatch",
-            "detail": f"the model changed since {MANIFEST_NAME} was written "
-            f"(recorded sha256 {expected})",
-        }
-    return {"status": "ok", "detail": f"matches {MANIFEST_NAME}"}
-
-
 def describe(model: str | os.PathLike[str]) -> dict[str, Any]:
     """Everything ``pomona info`` shows, as plain JSON-ready data."""
     predictor = Predictor(model, check_manifest=False)
@@ -116,7 +99,7 @@ def describe(model: str | os.PathLike[str]) -> dict[str, Any]:
         "path": str(path),
         "sha256": sha256,
         "size": path.stat().st_size,
-        "manifest": _manifest_status(path, sha256),
+        "manifest": check_manifest(path, sha256).as_dict(),
         **header,
         "inputs": tensors(session.get_inputs()),
         "outputs": tensors(session.get_outputs()),

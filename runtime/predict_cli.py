@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from pomona.runtime._clikit import user_errors
+from pomona.runtime.clikit import user_errors
 
 __all__ = ["info", "predict"]
 

@@ -7,7 +7,6 @@ Imports numpy and onnxruntime only: no torch, no onnx package. One
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -18,75 +17,32 @@ import numpy as np
 import onnxruntime as ort
 from numpy.typing import ArrayLike
 
+from pomona.runtime._session import fast_run, open_session, read_interface
+from pomona.runtime.artifacts import check_manifest as compare_with_manifest
 from pomona.runtime.errors import ArtifactError, InputError
 
-__all__ = ["MANIFEST_NAME", "Predictor", "file_sha256"]
+__all__ = ["Predictor"]
 
-#: File name of the manifest that ``pomona export`` writes beside ``model.onnx``.
-MANIFEST_NAME = "manifest.json"
 _OPT_OUT = "pass check_manifest=False (CLI: --no-manifest-check) to use it anyway"
 _NUMERIC_KINDS = frozenset("iuf")
 _FLOAT32 = np.dtype(np.float32)
 _SMALL = 256  # up to this many values, check finiteness with a Python sum
 
 
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks."""
-    import hashlib  # only when there is a manifest to check
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _default_providers() -> list[str]:
-    available = ort.get_available_providers()
-    if "CUDAExecutionProvider" in available:
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    return ["CPUExecutionProvider"]
-
-
-def _fast_run(session: ort.InferenceSession) -> Any:
-    """``session.run``, minus its per-call Python checks when only the CPU provider runs.
-
-    ``InferenceSession.run`` validates input names and OrtValue ownership and handles
-    execution-provider fallback in Python before calling the compiled session; at batch 1
-    that costs about as much as the model. The predictor always passes its one input as a
-    numpy array, so on CPU it calls the compiled session (same signature) directly.
-    """
-    compiled = getattr(session, "_sess", None)
-    if session.get_providers() == ["CPUExecutionProvider"] and callable(
-        getattr(compiled, "run", None)
-    ):
-        return compiled.run  # type: ignore[union-attr]
-    return session.run
-
-
-def _json_names(metadata: Mapping[str, str], key: str, path: Path) -> list[str] | None:
-    raw = metadata.get(key)
-    if raw is None:
-        return None
-    try:
-        names = json.loads(raw)
-    except ValueError:
-        names = None
-    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        raise ArtifactError(f"{path}: metadata {key!r} is not a JSON list of names: {raw[:80]!r}")
-    return names
-
-
 class Predictor:
     """An ONNX regression model: ``[n, F]`` float32 features in, ``[n, T]`` float32 out.
+
+    A model whose ``pomona.format`` this runtime does not read is refused; one without
+    that metadata (a plain ONNX file) is taken as it is, its names by position.
 
     Parameters
     ----------
     model:
         Path to ``model.onnx``.
     check_manifest:
-        When ``manifest.json`` sits beside the model, refuse a model whose sha256
-        differs from the one recorded there.
+        When ``manifest.json`` sits beside the model and lists it, refuse a model whose
+        sha256 differs from the one recorded there, or a manifest that cannot be read
+        (:func:`pomona.runtime.artifacts.check_manifest`).
     intra_op_threads:
         Threads onnxruntime uses inside one call (``None``: onnxruntime's default,
         one per physical core).
@@ -113,110 +69,32 @@ class Predictor:
         self.manifest_checked = False
         if check_manifest:
             self.manifest_checked = self._check_manifest()
-
-        options = ort.SessionOptions()
-        options.log_severity_level = 3  # errors only; warnings would pollute stderr
-        if intra_op_threads is not None:
-            if intra_op_threads < 1:
-                raise ValueError(f"intra_op_threads must be >= 1, got {intra_op_threads}")
-            options.intra_op_num_threads = intra_op_threads
-        if not allow_spinning:
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        try:
-            self._session = ort.InferenceSession(
-                str(self.path),
-                sess_options=options,
-                providers=list(providers) if providers is not None else _default_providers(),
-            )
-        except Exception as err:  # onnxruntime raises its own untyped errors
-            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise ArtifactError(
-                f"{self.path}: not a valid ONNX model (empty, truncated or corrupt?): {reason}"
-            ) from err
-        self._describe()
-
-    # -- loading ---------------------------------------------------------------------------
+        self._session = open_session(
+            self.path,
+            intra_op_threads=intra_op_threads,
+            allow_spinning=allow_spinning,
+            providers=providers,
+        )
+        interface = read_interface(self._session, self.path)
+        self.input_name: str = interface.input_name
+        self.output_name: str = interface.output_name
+        self._output_names = [interface.output_name]
+        self._run = fast_run(self._session)
+        self.metadata: dict[str, str] = interface.metadata
+        self.feature_names: list[str] = interface.feature_names
+        self.target_names: list[str] = interface.target_names
+        self.n_features: int = len(self.feature_names)
+        self.n_targets: int = len(self.target_names)
+        self._expected = f"{self.n_features} features ({', '.join(self.feature_names)})"
 
     def _check_manifest(self) -> bool:
-        manifest_path = self.path.parent / MANIFEST_NAME
-        if not manifest_path.is_file():
-            return False
-        try:
-            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-            entry = manifest["artifacts"][self.path.name]
-            expected = entry["sha256"]
-        except (ValueError, KeyError, TypeError) as err:
-            if isinstance(err, KeyError) and isinstance(manifest, dict):
-                artifacts = manifest.get("artifacts")
-                if isinstance(artifacts, dict) and self.path.name not in artifacts:
-                    return False  # the manifest describes other files, not this one
-            raise ArtifactError(
-                f"{manifest_path}: unreadable manifest (no artifacts.{self.path.name}.sha256); "
-                f"{_OPT_OUT}"
-            ) from err
-        actual = file_sha256(self.path)
-        if actual != expected:
-            raise ArtifactError(
-                f"{self.path}: model changed since {manifest_path.name} was written "
-                f"(sha256 {actual[:12]}… != {str(expected)[:12]}…); re-export it, or {_OPT_OUT}"
-            )
-        return True
-
-    def _describe(self) -> None:
-        session = self._session
-        inputs, outputs = session.get_inputs(), session.get_outputs()
-        if len(inputs) != 1 or len(outputs) < 1:
-            raise ArtifactError(
-                f"{self.path}: expected one input and at least one output, "
-                f"got {len(inputs)} input(s) and {len(outputs)} output(s)"
-            )
-        model_input, model_output = inputs[0], outputs[0]
-        if model_input.type != "tensor(float)" or len(model_input.shape) != 2:
-            raise ArtifactError(
-                f"{self.path}: input {model_input.name!r} must be a float32 [batch, features] "
-                f"tensor, got {model_input.type} with shape {model_input.shape}"
-            )
-        if model_output.type != "tensor(float)" or len(model_output.shape) != 2:
-            raise ArtifactError(
-                f"{self.path}: output {model_output.name!r} must be a float32 [batch, targets] "
-                f"tensor, got {model_output.type} with shape {model_output.shape}"
-            )
-        self.input_name: str = model_input.name
-        self.output_name: str = model_output.name
-        self._output_names = [model_output.name]
-        self._run = _fast_run(self._session)
-
-        self.metadata: dict[str, str] = dict(session.get_modelmeta().custom_metadata_map)
-        features = _json_names(self.metadata, "pomona.feature_names", self.path)
-        targets = _json_names(self.metadata, "pomona.target_names", self.path)
-        width, height = model_input.shape[1], model_output.shape[1]
-        if features is None:
-            if not isinstance(width, int):
-                raise ArtifactError(
-                    f"{self.path}: the number of features is neither fixed in the input shape "
-                    "nor given by metadata 'pomona.feature_names'"
-                )
-            features = [f"f{i}" for i in range(width)]
-        if targets is None:
-            if not isinstance(height, int):
-                raise ArtifactError(
-                    f"{self.path}: the number of targets is neither fixed in the output shape "
-                    "nor given by metadata 'pomona.target_names'"
-                )
-            targets = [f"y{i}" for i in range(height)]
-        if isinstance(width, int) and width != len(features):
-            raise ArtifactError(
-                f"{self.path}: input has {width} features but metadata names {len(features)}"
-            )
-        if isinstance(height, int) and height != len(targets):
-            raise ArtifactError(
-                f"{self.path}: output has {height} targets but metadata names {len(targets)}"
-            )
-        self.feature_names: list[str] = features
-        self.target_names: list[str] = targets
-        self.n_features: int = len(features)
-        self.n_targets: int = len(targets)
-        self._expected = f"{self.n_features} features ({', '.join(features)})"
+        """True when the manifest beside the model vouches for it; raise when it refuses it."""
+        check = compare_with_manifest(self.path)
+        if check.status == "mismatch":
+            raise ArtifactError(f"{self.path}: {check.detail}; re-export it, or {_OPT_OUT}")
+        if check.refused:
+            raise ArtifactError(f"{self.path}: {check.detail}; {_OPT_OUT}")
+        return check.status == "ok"
 
     # -- introspection ---------------------------------------------------------------------
 

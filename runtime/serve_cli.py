@@ -15,7 +15,7 @@ import prometheus_client  # noqa: F401
 import uvicorn  # noqa: F401
 
 from pomona.runtime import server
-from pomona.runtime._clikit import user_errors
+from pomona.runtime.clikit import user_errors
 
 __all__ = ["serve"]
 

@@ -14,6 +14,15 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from pomona.runtime.artifacts import (
+    FEATURE_NAMES_KEY,
+    FORMAT_KEY,
+    FORMAT_VERSION,
+    INPUT_NAME,
+    OUTPUT_NAME,
+    TARGET_NAMES_KEY,
+)
+
 CROP_FEATURES = ["temp", "rainfall", "humidity"]
 CROP_TARGETS = ["apples", "oranges"]
 # Exactly representable weights: outputs are exact in float32 for small integer inputs.
@@ -34,18 +43,18 @@ def make_linear_onnx(
     bias = np.asarray(bias, dtype=np.float32)
     n_features, n_targets = weights.shape
     graph = helper.make_graph(
-        [helper.make_node("Gemm", ["features", "W", "b"], ["predictions"])],
+        [helper.make_node("Gemm", [INPUT_NAME, "W", "b"], [OUTPUT_NAME])],
         "pomona",
-        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", n_features])],
-        [helper.make_tensor_value_info("predictions", TensorProto.FLOAT, ["batch", n_targets])],
+        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["batch", n_features])],
+        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["batch", n_targets])],
         initializer=[numpy_helper.from_array(weights, "W"), numpy_helper.from_array(bias, "b")],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 10
     metadata = {
-        "pomona.format": "1",
-        "pomona.feature_names": json.dumps(list(feature_names)),
-        "pomona.target_names": json.dumps(list(target_names)),
+        FORMAT_KEY: str(FORMAT_VERSION),
+        FEATURE_NAMES_KEY: json.dumps(list(feature_names)),
+        TARGET_NAMES_KEY: json.dumps(list(target_names)),
         **(extra_metadata or {}),
     }
     helper.set_model_props(model, metadata)

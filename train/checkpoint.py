@@ -28,8 +28,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from pomona.runtime._atomic import atomic_write
 from pomona.runtime.errors import ArtifactError
+from pomona.runtime.files import atomic_write
 from pomona.train.model import build_model
 
 __all__ = ["CHECKPOINT_FORMAT", "load_checkpoint", "model_from_checkpoint", "save_checkpoint"]

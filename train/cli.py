@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from pomona.runtime._clikit import say, user_errors
+from pomona.runtime.clikit import say, user_errors
 from pomona.train.config import DEFAULT_FEATURES, DEFAULT_TARGETS, TrainConfig, default_lr
 from pomona.train.dataset import read_table, split_indices
 
@@ -18,9 +17,7 @@ if TYPE_CHECKING:
     from pomona.train.loop import EpochCallback, TrainResult
 
 # torch loads only once the data have been read and checked, so a bad file is reported
-# at once; without torch, fail at import so that `pomona` names the extra to install.
-if importlib.util.find_spec("torch") is None:
-    raise ModuleNotFoundError("No module named 'torch'", name="torch")
+# at once; without torch, `pomona` names the extra to install (pomona.runtime.cli.COMMANDS).
 
 __all__ = ["train"]
 

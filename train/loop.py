@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from pomona.runtime._atomic import atomic_write
 from pomona.runtime.errors import ArtifactError, PomonaError
+from pomona.runtime.files import atomic_write
 from pomona.train.batches import BatchTensors, batch_loader
 from pomona.train.checkpoint import load_checkpoint, save_checkpoint
 from pomona.train.config import RESUME_KEYS, TrainConfig

@@ -6,7 +6,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from pomona.runtime._atomic import atomic_write
+from pomona.runtime.files import atomic_write
 
 __all__ = ["plot_history"]
 

@@ -9,7 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from pomona.export.equivalence import allowed_difference
+from pomona.runtime.artifacts import (
+    CHECKPOINT_FILE,
+    MANIFEST_FILE,
+    METRICS_FILE,
+    ONNX_FILE,
+    TORCHSCRIPT_FILE,
+    allowed_difference,
+)
 from pomona.train.checkpoint import load_checkpoint, model_from_checkpoint
 from tests.conftest import REPO, run_pomona
 
@@ -25,22 +32,22 @@ def artifacts(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
         train_args += ["--hidden", hidden]
     trained = run_pomona(*train_args)
     assert trained.returncode == 0, trained.stderr
-    exported = run_pomona("export", "--checkpoint", out / "checkpoint.pt", "--out", out)
+    exported = run_pomona("export", "--checkpoint", out / CHECKPOINT_FILE, "--out", out)
     assert exported.returncode == 0, exported.stderr
     return out
 
 
 def test_artifacts_match_the_contract(artifacts: Path) -> None:
-    for name in ("checkpoint.pt", "metrics.json", "model.onnx", "model.pt", "manifest.json"):
+    for name in (CHECKPOINT_FILE, METRICS_FILE, ONNX_FILE, TORCHSCRIPT_FILE, MANIFEST_FILE):
         assert (artifacts / name).is_file(), name
     assert not list(artifacts.glob("*.onnx.data"))
-    manifest = json.loads((artifacts / "manifest.json").read_text())
+    manifest = json.loads((artifacts / MANIFEST_FILE).read_text())
     assert manifest["feature_names"] == ["temp", "rainfall", "humidity"]
     assert manifest["target_names"] == ["apples", "oranges"]
 
 
 def test_info_reports_a_matching_manifest(artifacts: Path) -> None:
-    info = run_pomona("info", artifacts / "model.onnx")
+    info = run_pomona("info", artifacts / ONNX_FILE)
     assert info.returncode == 0, info.stderr
     for word in ("temp", "rainfall", "humidity", "apples", "oranges"):
         assert word in info.stdout
@@ -49,13 +56,13 @@ def test_info_reports_a_matching_manifest(artifacts: Path) -> None:
 
 def test_predict_agrees_with_the_trained_model(artifacts: Path, tmp_path: Path) -> None:
     output = tmp_path / "predictions.csv"
-    done = run_pomona("predict", artifacts / "model.onnx", CROP_CSV, "-o", output)
+    done = run_pomona("predict", artifacts / ONNX_FILE, CROP_CSV, "-o", output)
     assert done.returncode == 0, done.stderr
 
     table = np.genfromtxt(output, delimiter=",", names=True)
     predicted = np.column_stack([table["apples"], table["oranges"]])
     rows = np.loadtxt(CROP_CSV, delimiter=",", skiprows=1, dtype=np.float32)
-    model = model_from_checkpoint(load_checkpoint(artifacts / "checkpoint.pt"))
+    model = model_from_checkpoint(load_checkpoint(artifacts / CHECKPOINT_FILE))
     with torch.no_grad():
         eager = model(torch.from_numpy(rows[:, :3])).numpy()
     assert predicted.shape == eager.shape

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from pomona.export import ExportResult, export_checkpoint
+from pomona.runtime.artifacts import CHECKPOINT_FILE
 from tests.conftest import run_pomona
 from tests.export.checkpoints import crop_checkpoint
 
@@ -25,7 +26,7 @@ class CliExport:
 def linear_cli_export(tmp_path_factory: pytest.TempPathFactory) -> CliExport:
     """``pomona export`` (a real subprocess) of a linear crop checkpoint, with a Triton repo."""
     root = tmp_path_factory.mktemp("linear")
-    checkpoint = crop_checkpoint(root / "run" / "checkpoint.pt")
+    checkpoint = crop_checkpoint(root / "run" / CHECKPOINT_FILE)
     out, triton = root / "out", root / "triton"
     process = run_pomona(
         "export", "--checkpoint", checkpoint, "--out", out, "--triton-repo", triton
@@ -38,5 +39,5 @@ def linear_cli_export(tmp_path_factory: pytest.TempPathFactory) -> CliExport:
 def mlp_export(tmp_path_factory: pytest.TempPathFactory) -> ExportResult:
     """An in-process export of a 16,16 MLP checkpoint into the checkpoint's own folder."""
     root = tmp_path_factory.mktemp("mlp")
-    checkpoint = crop_checkpoint(root / "checkpoint.pt", hidden=(16, 16), seed=1)
+    checkpoint = crop_checkpoint(root / CHECKPOINT_FILE, hidden=(16, 16), seed=1)
     return export_checkpoint(checkpoint)

@@ -8,14 +8,19 @@ import numpy as np
 import pytest
 
 from pomona.export.equivalence import (
-    ATOL,
-    RTOL,
     SPAN_SIGMAS,
     EquivalenceError,
     EquivalenceReport,
-    allowed_difference,
     compare_outputs,
     evaluation_rows,
+)
+from pomona.runtime.artifacts import (
+    ATOL,
+    ONNX_FILE,
+    RTOL,
+    TOLERANCE_RULE,
+    TORCHSCRIPT_FILE,
+    allowed_difference,
 )
 
 
@@ -35,7 +40,7 @@ def test_allowed_difference_scales_with_each_output_column() -> None:
 def test_compare_passes_exactly_up_to_the_tolerance(factor: float, passed: bool) -> None:
     reference = np.array([[2.0, -300.0], [1.0, 50.0]])
     actual = reference + factor * allowed_difference(reference)
-    check = compare_outputs("model.onnx", {1: actual, 7: reference}, reference)
+    check = compare_outputs(ONNX_FILE, {1: actual, 7: reference}, reference)
     assert check.passed is passed
     assert check.worst_fraction_of_tolerance == pytest.approx(factor)
     assert check.batch_sizes == (1, 7)
@@ -49,25 +54,28 @@ def test_nan_and_shape_mismatch_fail() -> None:
     reference = np.zeros((3, 2))
     nan = reference.copy()
     nan[1, 1] = np.nan
-    assert not compare_outputs("model.pt", {1: nan}, reference).passed
-    assert compare_outputs("model.pt", {1: nan}, nan).passed  # NaN where the reference has NaN
-    wrong = compare_outputs("model.pt", {4096: np.zeros((3, 1))}, reference)
+    assert not compare_outputs(TORCHSCRIPT_FILE, {1: nan}, reference).passed
+    assert compare_outputs(
+        TORCHSCRIPT_FILE, {1: nan}, nan
+    ).passed  # NaN where the reference has NaN
+    wrong = compare_outputs(TORCHSCRIPT_FILE, {4096: np.zeros((3, 1))}, reference)
     assert not wrong.passed and "output shape (3, 1)" in (wrong.problem or "")
 
 
 def test_error_names_every_failing_artifact() -> None:
     reference = np.ones((4, 1))
     checks = (
-        compare_outputs("model.pt", {1: reference + 0.5}, reference),
-        compare_outputs("model.onnx", {1: reference * 3}, reference),
+        compare_outputs(TORCHSCRIPT_FILE, {1: reference + 0.5}, reference),
+        compare_outputs(ONNX_FILE, {1: reference * 3}, reference),
     )
     report = EquivalenceReport(checks, rows=4, training_rows=0, random_rows=4, batch_sizes=(1,))
     error = EquivalenceError(report)
-    assert "model.pt: max abs diff 0.5, max rel diff 0.5" in str(error)
-    assert "model.onnx: max abs diff 2, max rel diff 2" in str(error)
+    assert f"{TORCHSCRIPT_FILE}: max abs diff 0.5, max rel diff 0.5" in str(error)
+    assert f"{ONNX_FILE}: max abs diff 2, max rel diff 2" in str(error)
     data = report.as_dict()
     assert data["passed"] is False
-    assert set(data["checks"]) == {"model.pt", "model.onnx"}
+    assert set(data["checks"]) == {TORCHSCRIPT_FILE, ONNX_FILE}
+    assert (data["atol"], data["rtol"], data["tolerance"]) == (ATOL, RTOL, TOLERANCE_RULE)
     inf = compare_outputs("x", {1: np.zeros((1, 1))}, np.full((1, 1), math.nan))
     assert EquivalenceReport((inf,), 1, 0, 1, (1,)).as_dict()["checks"]["x"]["max_abs_diff"] is None
 

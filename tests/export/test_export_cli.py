@@ -15,14 +15,29 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from pomona.export import ATOL, BATCH_SIZES, RTOL, ExportResult, export_checkpoint
+from pomona.export import BATCH_SIZES, ExportResult, export_checkpoint
 from pomona.export.torchscript import load_torchscript
+from pomona.runtime.artifacts import (
+    ATOL,
+    CHECKPOINT_FILE,
+    FEATURE_NAMES_KEY,
+    FORMAT_KEY,
+    FORMAT_VERSION,
+    INPUT_NAME,
+    MANIFEST_FILE,
+    ONNX_FILE,
+    OUTPUT_NAME,
+    RTOL,
+    TARGET_NAMES_KEY,
+    TORCHSCRIPT_FILE,
+    TRAINING_KEY,
+)
 from pomona.train.checkpoint import load_checkpoint, model_from_checkpoint
 from tests.conftest import REPO
 from tests.export.checkpoints import CROP_FEATURES, CROP_TARGETS
 from tests.export.conftest import CliExport
 
-ARTIFACTS = ("model.onnx", "model.pt", "manifest.json")
+ARTIFACTS = (ONNX_FILE, TORCHSCRIPT_FILE, MANIFEST_FILE)
 
 
 def test_cli_writes_the_artifacts_and_reports(linear_cli_export: CliExport) -> None:
@@ -37,12 +52,12 @@ def test_cli_writes_the_artifacts_and_reports(linear_cli_export: CliExport) -> N
 
 
 def test_linear_onnx_is_one_gemm_with_the_contract_interface(linear_cli_export: CliExport) -> None:
-    model = onnx.load(str(linear_cli_export.out / "model.onnx"))
+    model = onnx.load(str(linear_cli_export.out / ONNX_FILE))
     onnx.checker.check_model(model, full_check=True)
     assert [node.op_type for node in model.graph.node] == ["Gemm"]
     (features,) = model.graph.input
     (predictions,) = model.graph.output
-    for value, name, width in ((features, "features", 3), (predictions, "predictions", 2)):
+    for value, name, width in ((features, INPUT_NAME, 3), (predictions, OUTPUT_NAME, 2)):
         assert value.name == name
         assert value.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
         batch, columns = value.type.tensor_type.shape.dim
@@ -52,21 +67,16 @@ def test_linear_onnx_is_one_gemm_with_the_contract_interface(linear_cli_export: 
 
 
 def test_onnx_metadata_and_no_provenance(linear_cli_export: CliExport) -> None:
-    model = onnx.load(str(linear_cli_export.out / "model.onnx"))
+    model = onnx.load(str(linear_cli_export.out / ONNX_FILE))
     meta = {entry.key: entry.value for entry in model.metadata_props}
-    assert meta["pomona.format"] == "1"
-    assert json.loads(meta["pomona.feature_names"]) == CROP_FEATURES
-    assert json.loads(meta["pomona.target_names"]) == CROP_TARGETS
-    training = json.loads(meta["pomona.training"])
+    assert meta[FORMAT_KEY] == str(FORMAT_VERSION) == "1"
+    assert json.loads(meta[FEATURE_NAMES_KEY]) == CROP_FEATURES
+    assert json.loads(meta[TARGET_NAMES_KEY]) == CROP_TARGETS
+    training = json.loads(meta[TRAINING_KEY])
     assert training["epochs"] == 5 and training["hidden"] == []
     assert training["final_train_loss"] == 1.25
     assert "out" not in training["config"] and "data" in training["config"]
-    assert set(meta) == {
-        "pomona.format",
-        "pomona.feature_names",
-        "pomona.target_names",
-        "pomona.training",
-    }
+    assert set(meta) == {FORMAT_KEY, FEATURE_NAMES_KEY, TARGET_NAMES_KEY, TRAINING_KEY}
     assert model.doc_string == "" and model.graph.doc_string == ""
     assert len(model.graph.metadata_props) == 0
     for node in model.graph.node:
@@ -76,7 +86,7 @@ def test_onnx_metadata_and_no_provenance(linear_cli_export: CliExport) -> None:
 
 
 def test_onnx_file_holds_no_path_user_or_host(linear_cli_export: CliExport) -> None:
-    data = (linear_cli_export.out / "model.onnx").read_bytes()
+    data = (linear_cli_export.out / ONNX_FILE).read_bytes()
     forbidden = {
         str(linear_cli_export.checkpoint.parent),
         str(linear_cli_export.out),
@@ -96,20 +106,20 @@ def test_onnx_file_holds_no_path_user_or_host(linear_cli_export: CliExport) -> N
 
 def test_manifest_describes_the_files(linear_cli_export: CliExport) -> None:
     out = linear_cli_export.out
-    manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["format"] == 1
+    manifest = json.loads((out / MANIFEST_FILE).read_text())
+    assert manifest["format"] == FORMAT_VERSION == 1
     assert manifest["name"] == "pomona"
     assert manifest["feature_names"] == CROP_FEATURES
     assert manifest["target_names"] == CROP_TARGETS
     assert set(manifest["versions"]) == {"pomona", "torch", "onnx", "onnxruntime"}
     assert manifest["versions"]["torch"] == torch.__version__
     assert manifest["versions"]["onnxruntime"] == ort.__version__
-    assert set(manifest["artifacts"]) == {"model.onnx", "model.pt"}
+    assert set(manifest["artifacts"]) == {ONNX_FILE, TORCHSCRIPT_FILE}
     for name, entry in manifest["artifacts"].items():
         data = (out / name).read_bytes()
         assert entry == {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
     checkpoint = manifest["checkpoint"]
-    assert checkpoint["file"] == "checkpoint.pt" and checkpoint["epoch"] == 5
+    assert checkpoint["file"] == CHECKPOINT_FILE and checkpoint["epoch"] == 5
     assert (
         checkpoint["sha256"]
         == hashlib.sha256(linear_cli_export.checkpoint.read_bytes()).hexdigest()
@@ -119,12 +129,12 @@ def test_manifest_describes_the_files(linear_cli_export: CliExport) -> None:
     assert (report["atol"], report["rtol"]) == (ATOL, RTOL)
     assert report["batch_sizes"] == list(BATCH_SIZES)
     assert report["training_rows"] == 15 and report["random_rows"] >= 10_000
-    for name in ("model.onnx", "model.pt"):
+    for name in (ONNX_FILE, TORCHSCRIPT_FILE):
         check = report["checks"][name]
         assert check["passed"] is True
         assert check["worst_fraction_of_tolerance"] <= 1
         assert check["rows"] == report["rows"]
-    assert str(out) not in (out / "manifest.json").read_text()
+    assert str(out) not in (out / MANIFEST_FILE).read_text()
 
 
 def test_artifacts_compute_what_the_checkpoint_computes(
@@ -134,9 +144,9 @@ def test_artifacts_compute_what_the_checkpoint_computes(
     x = np.random.default_rng(1).normal([85, 85, 55], [12, 30, 12], (64, 3)).astype(np.float32)
     with torch.no_grad():
         expected = model(torch.from_numpy(x)).numpy()
-    session = ort.InferenceSession(str(linear_cli_export.out / "model.onnx"))
-    (onnx_out,) = session.run(["predictions"], {"features": x})
-    scripted = load_torchscript(linear_cli_export.out / "model.pt")
+    session = ort.InferenceSession(str(linear_cli_export.out / ONNX_FILE))
+    (onnx_out,) = session.run([OUTPUT_NAME], {INPUT_NAME: x})
+    scripted = load_torchscript(linear_cli_export.out / TORCHSCRIPT_FILE)
     with torch.no_grad():
         pt_out = scripted(torch.from_numpy(x)).numpy()
     scale = max(1.0, float(np.abs(expected).max()))
@@ -157,14 +167,14 @@ def test_export_is_byte_identical_when_repeated(
 def test_default_out_is_the_checkpoint_folder_and_mlp_is_gemm_relu(
     mlp_export: ExportResult,
 ) -> None:
-    assert sorted(p.name for p in mlp_export.out.iterdir()) == sorted(["checkpoint.pt", *ARTIFACTS])
+    assert sorted(p.name for p in mlp_export.out.iterdir()) == sorted([CHECKPOINT_FILE, *ARTIFACTS])
     assert mlp_export.onnx_ops == ("Gemm", "Relu", "Gemm", "Relu", "Gemm")
-    model = onnx.load(str(mlp_export.out / "model.onnx"))
+    model = onnx.load(str(mlp_export.out / ONNX_FILE))
     onnx.checker.check_model(model, full_check=True)
-    training = json.loads({e.key: e.value for e in model.metadata_props}["pomona.training"])
+    training = json.loads({e.key: e.value for e in model.metadata_props}[TRAINING_KEY])
     assert training["hidden"] == [16, 16]
     assert mlp_export.report.passed
-    assert {check.artifact for check in mlp_export.report.checks} == {"model.onnx", "model.pt"}
+    assert {check.artifact for check in mlp_export.report.checks} == {ONNX_FILE, TORCHSCRIPT_FILE}
 
 
 @pytest.mark.parametrize("name", ["../escape", "a/b", ".hidden", ""])

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -16,6 +18,15 @@ import pomona.export.exporter as exporter
 from pomona.export import EquivalenceError
 from pomona.export.cli import export
 from pomona.export.fold import fold_standardization
+from pomona.runtime.artifacts import (
+    CHECKPOINT_FILE,
+    FEATURE_NAMES_KEY,
+    FORMAT_KEY,
+    MANIFEST_FILE,
+    ONNX_FILE,
+    TORCHSCRIPT_FILE,
+)
+from pomona.runtime.errors import ArtifactError
 from tests.conftest import run_pomona
 from tests.export.checkpoints import crop_checkpoint
 from tests.export.conftest import CliExport
@@ -64,7 +75,7 @@ def _corrupt_zip(path: Path) -> None:
 
 
 def test_corrupt_checkpoint_from_the_command_line(tmp_path: Path) -> None:
-    checkpoint = crop_checkpoint(tmp_path / "checkpoint.pt")
+    checkpoint = crop_checkpoint(tmp_path / CHECKPOINT_FILE)
     _corrupt_random(checkpoint)
     result = run_pomona("export", "--checkpoint", checkpoint, "--out", tmp_path / "out")
     assert result.returncode == 1
@@ -77,7 +88,7 @@ def test_corrupt_checkpoint_from_the_command_line(tmp_path: Path) -> None:
     "damage", [_corrupt_random, _corrupt_truncated, _corrupt_empty, _corrupt_text, _corrupt_zip]
 )
 def test_corrupt_checkpoint(damage: Callable[[Path], None], tmp_path: Path) -> None:
-    checkpoint = crop_checkpoint(tmp_path / "checkpoint.pt")
+    checkpoint = crop_checkpoint(tmp_path / CHECKPOINT_FILE)
     damage(checkpoint)
     result = CliRunner().invoke(
         export, ["--checkpoint", str(checkpoint), "--out", str(tmp_path / "out")]
@@ -97,7 +108,7 @@ def test_missing_checkpoint(tmp_path: Path) -> None:
 
 
 def test_checkpoint_of_another_format(tmp_path: Path) -> None:
-    checkpoint = crop_checkpoint(tmp_path / "checkpoint.pt")
+    checkpoint = crop_checkpoint(tmp_path / CHECKPOINT_FILE)
     state = torch.load(checkpoint, weights_only=True)
     state["format"] = 99
     torch.save(state, checkpoint)
@@ -139,12 +150,14 @@ def test_failed_equivalence_names_each_artifact_and_keeps_earlier_files(
     assert isinstance(result.exception, SystemExit)
     message = result.stderr
     assert message.startswith("Error: exported artifacts differ from the trained model")
-    for artifact in ("model.pt: max abs diff", "model.onnx: max abs diff"):
+    for artifact in (f"{TORCHSCRIPT_FILE}: max abs diff", f"{ONNX_FILE}: max abs diff"):
         assert artifact in message
     assert "max rel diff" in message
     assert _snapshot(out) == before_out
     assert _snapshot(triton) == before_triton
-    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model.onnx", "model.pt"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [MANIFEST_FILE, ONNX_FILE, TORCHSCRIPT_FILE]
+    )
 
 
 def test_equivalence_error_carries_the_report(
@@ -160,3 +173,64 @@ def test_equivalence_error_carries_the_report(
         assert check.max_abs_diff == pytest.approx(1e-2, rel=1e-3)
         assert check.worst_fraction_of_tolerance > 1
     assert not (tmp_path / "out").exists()
+
+
+def _metadata_with(changes: Mapping[str, str]) -> Callable[[Mapping[str, Any]], dict[str, str]]:
+    original = exporter.onnx_metadata
+    return lambda state: {**original(state), **changes}
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        (
+            {FORMAT_KEY: "999"},
+            f"the runtime refuses the exported {ONNX_FILE}: model format '999' is not supported "
+            "(this pomona reads format 1)",
+        ),
+        (
+            {FEATURE_NAMES_KEY: json.dumps(["temp", "rainfall"])},
+            f"the runtime refuses the exported {ONNX_FILE}: input has 3 features but metadata "
+            "names 2",
+        ),
+        (
+            {FEATURE_NAMES_KEY: json.dumps(["humidity", "rainfall", "temp"])},
+            f"{ONNX_FILE} has the wrong interface: input names are ['humidity', 'rainfall', "
+            "'temp'], expected ['temp', 'rainfall', 'humidity']",
+        ),
+    ],
+    ids=["unknown-format", "too-few-names", "other-names"],
+)
+def test_a_model_the_runtime_refuses_fails_the_export_and_writes_nothing(
+    linear_cli_export: CliExport,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    changes: dict[str, str],
+    message: str,
+) -> None:
+    out, triton = tmp_path / "out", tmp_path / "triton"
+    shutil.copytree(linear_cli_export.out, out)
+    before = _snapshot(out)
+    monkeypatch.setattr(exporter, "onnx_metadata", _metadata_with(changes))
+    with pytest.raises(ArtifactError) as caught:
+        exporter.export_checkpoint(linear_cli_export.checkpoint, out, triton_repo=triton)
+    assert str(caught.value).startswith(message)
+    assert _snapshot(out) == before
+    assert not list(triton.iterdir())
+    with pytest.raises(ArtifactError) as again:
+        exporter.export_checkpoint(linear_cli_export.checkpoint, tmp_path / "new")
+    assert str(again.value).startswith(message)
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_refused_model_is_one_error_line(
+    linear_cli_export: CliExport, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(exporter, "onnx_metadata", _metadata_with({FORMAT_KEY: "999"}))
+    result = CliRunner().invoke(
+        export, ["--checkpoint", str(linear_cli_export.checkpoint), "--out", str(tmp_path / "o")]
+    )
+    assert result.exit_code == 1
+    line = _single_error_line(result.stderr)
+    assert "model format '999' is not supported (this pomona reads format 1)" in line
+    assert not (tmp_path / "o").exists()

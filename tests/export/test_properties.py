@@ -6,7 +6,10 @@ compare with the same tolerance constants ``pomona export`` uses.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,34 +19,40 @@ from hypothesis import strategies as st
 from torch import nn
 
 from pomona.export.equivalence import (
-    ATOL,
-    RTOL,
     check_equivalence,
     compare_outputs,
-    onnx_session,
     predict_eager,
-    predict_onnx,
+    predict_runtime,
     predict_torchscript,
 )
 from pomona.export.fold import fold_standardization
 from pomona.export.onnx_export import export_onnx, serialize_onnx
 from pomona.export.torchscript import load_torchscript, torchscript_bytes
+from pomona.runtime.artifacts import ATOL, ONNX_FILE, RTOL, TORCHSCRIPT_FILE
+from pomona.runtime.predictor import Predictor
 from pomona.train.model import build_model
 from tests.export.checkpoints import make_model
 
 BATCH_SIZES = (1, 7, 4096)
 
 
-def _artifacts(model: nn.Sequential) -> dict[str, object]:
-    """Fold, export and load back both artifacts: name -> predict(rows, batch_size)."""
+@contextmanager
+def _artifacts(model: nn.Sequential) -> Iterator[dict[str, object]]:
+    """Fold, export and load back both artifacts: name -> predict(rows, batch_size).
+
+    ``model.onnx`` is loaded from a file by the runtime's Predictor, as export does.
+    """
     folded = fold_standardization(model)
     n_features = model[0].mean.numel()
-    session = onnx_session(serialize_onnx(export_onnx(folded, n_features, {})))
     scripted = load_torchscript(torchscript_bytes(folded))
-    return {
-        "model.pt": lambda x, b: predict_torchscript(scripted, x, b),
-        "model.onnx": lambda x, b: predict_onnx(session, x, b),
-    }
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / ONNX_FILE
+        path.write_bytes(serialize_onnx(export_onnx(folded, n_features, {})))
+        predictor = Predictor(path, providers=["CPUExecutionProvider"])
+        yield {
+            TORCHSCRIPT_FILE: lambda x, b: predict_torchscript(scripted, x, b),
+            ONNX_FILE: lambda x, b: predict_runtime(predictor, x, b),
+        }
 
 
 @st.composite
@@ -84,7 +93,8 @@ def test_exports_agree_with_the_trained_model(
     middle = data.draw(st.integers(1, n_rows), label="batch size")
     batch_sizes = sorted({1, middle, n_rows})
     rows = _rows(model, n_rows, seed, spread)
-    report = check_equivalence(model, _artifacts(model), rows, batch_sizes=batch_sizes)
+    with _artifacts(model) as artifacts:
+        report = check_equivalence(model, artifacts, rows, batch_sizes=batch_sizes)
     assert report.passed and report.batch_sizes == tuple(batch_sizes)
 
 
@@ -133,11 +143,12 @@ def test_exactly_representable_models_give_exact_outputs(
     rows = np.random.default_rng(0).integers(-16, 17, (4096 + 7 + 3, 4)).astype(np.float32)
     reference = predict_eager(model, rows, 4096)
     assert np.array_equal(reference, predict_eager(model, rows, 1))
-    for name, predict in _artifacts(model).items():
-        for batch_size in BATCH_SIZES:
-            out = predict(rows, batch_size)  # type: ignore[operator]
-            assert out.dtype == np.float32
-            assert np.array_equal(out, reference), (name, batch_size)
+    with _artifacts(model) as artifacts:
+        for name, predict in artifacts.items():
+            for batch_size in BATCH_SIZES:
+                out = predict(rows, batch_size)  # type: ignore[operator]
+                assert out.dtype == np.float32
+                assert np.array_equal(out, reference), (name, batch_size)
 
 
 def test_tolerance_constants_are_the_documented_ones() -> None:

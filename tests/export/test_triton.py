@@ -7,6 +7,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from pomona.export.triton import MAX_BATCH_SIZE, config_pbtxt, valid_model_name
+from pomona.runtime.artifacts import INPUT_NAME, ONNX_FILE, OUTPUT_NAME
 from tests.export.conftest import CliExport
 
 
@@ -17,9 +18,10 @@ def _parse(text: str) -> model_config_pb2.ModelConfig:
 def test_exported_repository_loads_as_a_triton_onnx_model(linear_cli_export: CliExport) -> None:
     model_dir = linear_cli_export.triton_repo / "pomona"
     assert sorted(p.name for p in linear_cli_export.triton_repo.iterdir()) == ["pomona"]
-    assert (model_dir / "1" / "model.onnx").read_bytes() == (
-        linear_cli_export.out / "model.onnx"
+    assert (model_dir / "1" / ONNX_FILE).read_bytes() == (
+        linear_cli_export.out / ONNX_FILE
     ).read_bytes()
+    assert sorted(p.name for p in model_dir.iterdir()) == ["1", "config.pbtxt"]
     config = _parse((model_dir / "config.pbtxt").read_text())
     assert config.name == "pomona"
     assert config.backend == "onnxruntime"
@@ -28,8 +30,8 @@ def test_exported_repository_loads_as_a_triton_onnx_model(linear_cli_export: Cli
     assert config.HasField("dynamic_batching")
     (tensor_in,) = config.input
     (tensor_out,) = config.output
-    assert (tensor_in.name, list(tensor_in.dims)) == ("features", [3])
-    assert (tensor_out.name, list(tensor_out.dims)) == ("predictions", [2])
+    assert (tensor_in.name, list(tensor_in.dims)) == (INPUT_NAME, [3])
+    assert (tensor_out.name, list(tensor_out.dims)) == (OUTPUT_NAME, [2])
     assert tensor_in.data_type == tensor_out.data_type == model_config_pb2.TYPE_FP32
     assert config.version_policy.latest.num_versions == 1
 

@@ -18,6 +18,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from pomona.runtime.artifacts import INPUT_NAME, ONNX_FILE, OUTPUT_NAME
+from pomona.runtime.cli import COMMANDS, install_hint
 from tests.conftest import REPO
 from tests.onnx_models import make_linear_onnx
 
@@ -75,7 +77,7 @@ def test_light_env_has_no_torch(light_env: Path) -> None:
 
 
 def test_predict_in_light_env_equals_onnxruntime(light_env: Path, tmp_path: Path) -> None:
-    model = make_linear_onnx(tmp_path / "model.onnx")
+    model = make_linear_onnx(tmp_path / ONNX_FILE)
     x = np.random.default_rng(0).uniform(-50, 50, size=(200, 3)).astype(np.float32)
     source = tmp_path / "rows.csv"
     with source.open("w", newline="") as handle:
@@ -91,7 +93,7 @@ def test_predict_in_light_env_equals_onnxruntime(light_env: Path, tmp_path: Path
     assert rows[0] == ["id", "apples", "oranges"]
     got = np.array([[float(v) for v in row[1:]] for row in rows[1:]], dtype=np.float32)
     session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
-    np.testing.assert_array_equal(got, session.run(["predictions"], {"features": x})[0])
+    np.testing.assert_array_equal(got, session.run([OUTPUT_NAME], {INPUT_NAME: x})[0])
 
     info = _run(light_env, pomona, "info", model, "--json")
     assert info.returncode == 0, info.stderr
@@ -107,7 +109,7 @@ def test_runtime_imports_nothing_heavy_where_torch_is_installed() -> None:
 
 def test_small_predict_imports_nothing_heavy(tmp_path: Path) -> None:
     """A small file is predicted without pyarrow or pandas (they cost start-up time)."""
-    model = make_linear_onnx(tmp_path / "model.onnx")
+    model = make_linear_onnx(tmp_path / ONNX_FILE)
     source = tmp_path / "rows.csv"
     source.write_text("temp,rainfall,humidity\n1,2,3\n")
     code = (
@@ -122,3 +124,57 @@ def test_small_predict_imports_nothing_heavy(tmp_path: Path) -> None:
     )
     assert _heavy(json.loads(result.stdout)) == []
     assert (tmp_path / "o.csv").read_text() == "apples,oranges\n3.375,1.25\n"
+
+
+# Commands whose extra a plain install lacks: all but predict and info.
+NEEDING_EXTRAS = sorted(name for name, command in COMMANDS.items() if command.extra)
+
+
+def _missing_extra_line(name: str, module: str) -> str:
+    extra = COMMANDS[name].extra or ""
+    return (
+        f"Error: 'pomona {name}' needs the '{extra}' extra ({module} is not installed): "
+        f"{install_hint(extra)}\n"
+    )
+
+
+@pytest.mark.parametrize("name", NEEDING_EXTRAS)
+def test_light_env_names_the_extra_from_the_table(
+    light_env: Path, tmp_path: Path, name: str
+) -> None:
+    assert NEEDING_EXTRAS == ["export", "serve", "train"]
+    pomona = light_env / "bin" / "pomona"
+    model = make_linear_onnx(tmp_path / ONNX_FILE)
+    result = _run(light_env, pomona, name, model)
+    assert result.returncode == 1
+    assert result.stderr == _missing_extra_line(name, COMMANDS[name].needs[0])
+    shown = _run(light_env, pomona, name, "--help")
+    hint = install_hint(COMMANDS[name].extra or "")
+    assert shown.returncode == 0 and hint in " ".join(shown.stdout.split())  # help is wrapped
+    listed = _run(light_env, pomona, "--help")
+    assert listed.returncode == 0 and COMMANDS[name].help in listed.stdout
+
+
+_BLOCK = (
+    "import sys\n"
+    "class Block:\n"
+    "    def find_spec(self, name, path=None, target=None):\n"
+    "        if name == {module!r}:\n"
+    "            raise ModuleNotFoundError(f'No module named {{name!r}}', name=name)\n"
+    "sys.meta_path.insert(0, Block())\n"
+    "from pomona.runtime.cli import main\n"
+    "main([{command!r}, '--help'])\n"
+)
+
+
+@pytest.mark.parametrize("name", NEEDING_EXTRAS)
+def test_each_module_the_table_needs_is_checked(name: str) -> None:
+    """Where one needed module is missing (the rest installed), the table's hint is printed."""
+    for module in COMMANDS[name].needs:
+        code = _BLOCK.format(module=module, command=name)
+        result = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=False
+        )
+        assert result.returncode == 0, result.stderr  # --help still works
+        assert install_hint(COMMANDS[name].extra or "") in " ".join(result.stdout.split()), module
+        assert "Traceback" not in result.stderr

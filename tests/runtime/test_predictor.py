@@ -13,7 +13,8 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from pomona.runtime import predictor as predictor_module
+from pomona.runtime import _session as session_module
+from pomona.runtime.artifacts import FORMAT_KEY, INPUT_NAME, MANIFEST_FILE, ONNX_FILE, OUTPUT_NAME
 from pomona.runtime.errors import ArtifactError, InputError
 from pomona.runtime.predictor import Predictor
 from tests.onnx_models import (
@@ -26,7 +27,7 @@ from tests.onnx_models import (
 
 @pytest.fixture
 def model_path(tmp_path: Path) -> Path:
-    return make_linear_onnx(tmp_path / "model.onnx")
+    return make_linear_onnx(tmp_path / ONNX_FILE)
 
 
 @pytest.fixture
@@ -36,7 +37,7 @@ def predictor(model_path: Path) -> Predictor:
 
 def _write_manifest(model: Path, sha256: str) -> None:
     manifest = {"format": 1, "artifacts": {model.name: {"sha256": sha256, "size": 1}}}
-    (model.parent / "manifest.json").write_text(json.dumps(manifest))
+    (model.parent / MANIFEST_FILE).write_text(json.dumps(manifest))
 
 
 def _unnamed_model(path: Path) -> Path:
@@ -62,7 +63,7 @@ def test_names_and_shapes(predictor: Predictor, model_path: Path) -> None:
     assert predictor.feature_names == CROP_FEATURES
     assert predictor.target_names == CROP_TARGETS
     assert (predictor.n_features, predictor.n_targets) == (3, 2)
-    assert predictor.metadata["pomona.format"] == "1"
+    assert predictor.metadata[FORMAT_KEY] == "1"
     assert predictor.manifest_checked is False
     assert predictor.providers == ["CPUExecutionProvider"]
 
@@ -100,7 +101,7 @@ def test_single_row(predictor: Predictor) -> None:
 def test_equals_onnxruntime(predictor: Predictor, model_path: Path) -> None:
     x = np.random.default_rng(0).normal(scale=50, size=(1000, 3)).astype(np.float32)
     session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
-    expected = session.run(["predictions"], {"features": x})[0]
+    expected = session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
     np.testing.assert_array_equal(predictor.predict(x), expected)
 
 
@@ -188,13 +189,13 @@ def test_manifest_mismatch_is_refused_with_opt_out(model_path: Path) -> None:
 
 
 def test_unreadable_manifest(model_path: Path) -> None:
-    (model_path.parent / "manifest.json").write_text("{not json")
+    (model_path.parent / MANIFEST_FILE).write_text("{not json")
     with pytest.raises(ArtifactError, match=r"unreadable manifest.*--no-manifest-check"):
         Predictor(model_path)
 
 
 def test_manifest_about_other_files_is_not_a_match(model_path: Path) -> None:
-    (model_path.parent / "manifest.json").write_text(json.dumps({"artifacts": {"x.onnx": {}}}))
+    (model_path.parent / MANIFEST_FILE).write_text(json.dumps({"artifacts": {"x.onnx": {}}}))
     assert Predictor(model_path).manifest_checked is False
 
 
@@ -228,10 +229,10 @@ def test_session_options(model_path: Path) -> None:
 
 def test_cuda_provider_preferred_when_available(monkeypatch: pytest.MonkeyPatch) -> None:
     available = ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    monkeypatch.setattr(predictor_module.ort, "get_available_providers", lambda: available)
-    assert predictor_module._default_providers() == available
-    monkeypatch.setattr(predictor_module.ort, "get_available_providers", lambda: available[1:])
-    assert predictor_module._default_providers() == ["CPUExecutionProvider"]
+    monkeypatch.setattr(session_module.ort, "get_available_providers", lambda: available)
+    assert session_module.default_providers() == available
+    monkeypatch.setattr(session_module.ort, "get_available_providers", lambda: available[1:])
+    assert session_module.default_providers() == ["CPUExecutionProvider"]
 
 
 def test_concurrent_calls_agree(predictor: Predictor) -> None:
@@ -275,7 +276,7 @@ class _FakeSession:
 
 
 def test_compiled_run_only_on_cpu() -> None:
-    cpu = predictor_module._fast_run(_FakeSession(["CPUExecutionProvider"]))  # type: ignore[arg-type]
+    cpu = session_module.fast_run(_FakeSession(["CPUExecutionProvider"]))  # type: ignore[arg-type]
     assert cpu([], {}, None) == "compiled"
     cuda = _FakeSession(["CUDAExecutionProvider", "CPUExecutionProvider"])
-    assert predictor_module._fast_run(cuda)([], {}, None) == "public"  # type: ignore[arg-type]
+    assert session_module.fast_run(cuda)([], {}, None) == "public"  # type: ignore[arg-type]

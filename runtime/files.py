@@ -1,4 +1,8 @@
-"""Write files atomically: a temporary file in the target folder, then ``os.replace``."""
+"""File helpers shared by every stage: atomic writes and checksums.
+
+Train, export and the runtime write every file through :func:`atomic_write`, so a
+failure never leaves a partial file behind.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,8 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
+
+__all__ = ["atomic_write", "atomic_write_bytes", "file_sha256"]
 
 
 @contextlib.contextmanager
@@ -32,3 +38,20 @@ def atomic_write(
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` with :func:`atomic_write`."""
+    with atomic_write(path, "wb") as handle:
+        handle.write(data)
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    import hashlib  # only when there is a checksum to compute
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,4 +1,8 @@
-"""Small helpers shared by every ``pomona`` subcommand."""
+"""Small helpers shared by every ``pomona`` subcommand (runtime, train and export).
+
+``say`` prints status on stderr (stdout is for data); ``user_errors`` turns a
+:class:`~pomona.runtime.errors.PomonaError` into one ``Error: ...`` line and exit status 1.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,8 @@ from typing import ParamSpec, TypeVar
 import click
 
 from pomona.runtime.errors import PomonaError
+
+__all__ = ["say", "user_errors"]
 
 P = ParamSpec("P")
 R = TypeVar("R")

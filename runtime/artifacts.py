@@ -1,0 +1,170 @@
+"""The artifact contract (format 1), in one place for train, export, runtime and tests.
+
+What ``pomona train`` and ``pomona export`` write and what the runtime reads: file
+names, the ``metadata_props`` keys of ``model.onnx``, its tensor names, the format
+version, the equivalence tolerance, and the one check of a model against the
+``manifest.json`` beside it. Imports numpy and the standard library only, so the
+runtime can use it without torch and export can use it without onnxruntime.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal, NamedTuple
+
+import numpy as np
+
+from pomona.runtime.errors import ArtifactError
+from pomona.runtime.files import file_sha256
+
+__all__ = [
+    "ATOL",
+    "CHECKPOINT_FILE",
+    "DEFAULT_FOLDER",
+    "FEATURE_NAMES_KEY",
+    "FORMAT_KEY",
+    "FORMAT_VERSION",
+    "HISTORY_FILE",
+    "INPUT_NAME",
+    "MANIFEST_FILE",
+    "METRICS_FILE",
+    "ONNX_FILE",
+    "OUTPUT_NAME",
+    "PLOT_FILE",
+    "RTOL",
+    "SUPPORTED_FORMATS",
+    "TARGET_NAMES_KEY",
+    "TOLERANCE_RULE",
+    "TORCHSCRIPT_FILE",
+    "TRAINING_KEY",
+    "ManifestCheck",
+    "allowed_difference",
+    "check_format",
+    "check_manifest",
+]
+
+# -- format ------------------------------------------------------------------------------
+
+#: Version of this contract: ``pomona.format`` in ``model.onnx`` (as a string) and
+#: ``format`` in ``manifest.json`` (as a number).
+FORMAT_VERSION = 1
+#: The ``pomona.format`` values this runtime reads.
+SUPPORTED_FORMATS: tuple[str, ...] = (str(FORMAT_VERSION),)
+
+# -- files -------------------------------------------------------------------------------
+
+#: Folder ``pomona train`` writes to and ``pomona export`` reads from by default.
+DEFAULT_FOLDER = "artifacts"
+#: Written by ``pomona train``.
+CHECKPOINT_FILE = "checkpoint.pt"
+METRICS_FILE = "metrics.json"
+HISTORY_FILE = "history.csv"
+PLOT_FILE = "loss_curve.png"
+#: Written by ``pomona export`` (the manifest last).
+ONNX_FILE = "model.onnx"
+TORCHSCRIPT_FILE = "model.pt"
+MANIFEST_FILE = "manifest.json"
+
+# -- model.onnx --------------------------------------------------------------------------
+
+#: ``metadata_props`` keys: the format version, JSON lists of the feature and target
+#: names, and a JSON training summary (numbers only).
+FORMAT_KEY = "pomona.format"
+FEATURE_NAMES_KEY = "pomona.feature_names"
+TARGET_NAMES_KEY = "pomona.target_names"
+TRAINING_KEY = "pomona.training"
+#: The one input, float32 ``[batch, F]``, and the one output, float32 ``[batch, T]``.
+INPUT_NAME = "features"
+OUTPUT_NAME = "predictions"
+
+# -- equivalence -------------------------------------------------------------------------
+
+#: Absolute tolerance, multiplied by the output column's scale ``max(1, max |reference|)``.
+ATOL = 1e-5
+#: Relative tolerance, multiplied by ``|reference|`` element by element.
+RTOL = 1e-5
+#: The rule :func:`allowed_difference` computes, in words (it is in every manifest).
+TOLERANCE_RULE = (
+    "|artifact - reference| <= atol * max(1, max|reference column|) + rtol * |reference|"
+)
+
+
+def allowed_difference(reference: np.ndarray) -> np.ndarray:
+    """Per element, the largest difference from ``reference`` that passes (:data:`TOLERANCE_RULE`).
+
+    ``reference`` is ``[rows, targets]``; each target column has its own scale, so a
+    target in the thousands is held to as many significant digits as one near 1.
+    """
+    ref = np.abs(np.asarray(reference, dtype=np.float64))
+    finite = np.where(np.isfinite(ref), ref, 0.0)
+    scale = np.maximum(1.0, finite.max(axis=0, initial=0.0))
+    return ATOL * scale + RTOL * ref
+
+
+# -- checks ------------------------------------------------------------------------------
+
+
+def check_format(metadata: Mapping[str, str], path: str | os.PathLike[str]) -> None:
+    """Refuse a model whose ``pomona.format`` this runtime does not read.
+
+    A model without the key (a plain ONNX file from elsewhere) passes.
+    """
+    found = metadata.get(FORMAT_KEY)
+    if found is not None and found not in SUPPORTED_FORMATS:
+        raise ArtifactError(
+            f"{path}: model format {found!r} is not supported "
+            f"(this pomona reads format {', '.join(SUPPORTED_FORMATS)}); "
+            "export it again with this version of pomona, or upgrade pomona"
+        )
+
+
+class ManifestCheck(NamedTuple):
+    """How a model file compares with the ``manifest.json`` beside it.
+
+    ``status`` is ``ok`` (the manifest records this file's sha256), ``none`` (no
+    manifest, or one that does not list this file), ``mismatch`` (the file changed
+    since the manifest was written) or ``unreadable``; ``detail`` says it in words.
+    """
+
+    status: Literal["ok", "none", "mismatch", "unreadable"]
+    detail: str
+
+    @property
+    def refused(self) -> bool:
+        """Whether a loader that checks manifests must refuse the model."""
+        return self.status in ("mismatch", "unreadable")
+
+    def as_dict(self) -> dict[str, str]:
+        return {"status": self.status, "detail": self.detail}
+
+
+def check_manifest(model: str | os.PathLike[str], sha256: str | None = None) -> ManifestCheck:
+    """Compare ``model`` with the manifest beside it (``sha256``: the model's, if known)."""
+    path = Path(model)
+    manifest_path = path.parent / MANIFEST_FILE
+    if not manifest_path.is_file():
+        return ManifestCheck("none", f"no {MANIFEST_FILE} beside the model")
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        manifest = None
+    listed = manifest.get("artifacts") if isinstance(manifest, dict) else None
+    if isinstance(listed, dict) and path.name not in listed:
+        return ManifestCheck("none", f"{MANIFEST_FILE} does not list {path.name}")
+    entry = listed.get(path.name) if isinstance(listed, dict) else None
+    expected = entry.get("sha256") if isinstance(entry, dict) else None
+    if not isinstance(expected, str):
+        return ManifestCheck(
+            "unreadable", f"unreadable {MANIFEST_FILE} (no artifacts.{path.name}.sha256)"
+        )
+    actual = sha256 if sha256 is not None else file_sha256(path)
+    if actual != expected:
+        return ManifestCheck(
+            "mismatch",
+            f"model changed since {MANIFEST_FILE} was written "
+            f"(sha256 {actual[:12]}… != {expected[:12]}… recorded)",
+        )
+    return ManifestCheck("ok", f"matches {MANIFEST_FILE}")
