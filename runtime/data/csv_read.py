@@ -66,8 +66,9 @@ def read_header(source: Source, spec: Spec) -> Header:
     head = strip_bom(source.head)
     if not head.strip():
         raise messages.empty_file(name, "a header line and data rows")
+    decode(head[: head.find(b"\x00") + 1], name, 1)  # binary data: refused from the start
     end = head.find(b"\n")
-    if end < 0 and not source.small:
+    if end < 0 and not source.complete:
         raise DataError(f"{name}, line 1: no end of the header line in the first 1 MiB")
     line = decode(head[: end if end >= 0 else len(head)], name, 1).rstrip("\r")
     delimiter = _delimiter(line, source, spec.delimiter)

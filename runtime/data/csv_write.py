@@ -36,12 +36,15 @@ class CsvWriter:
         sink: IO[bytes],
         keep: Sequence[str],
         targets: Sequence[str],
+        *,
+        arrow: bool | None = None,
     ) -> None:
+        """``arrow``: use pyarrow's writer where it can; None: when a reader has loaded it."""
         self.sink = sink
         self.keep = list(keep)
         self.names = [*keep, *targets]
         self.arrow: Any = None
-        if "pyarrow.csv" in sys.modules:  # loaded by a reader: no import cost
+        if arrow if arrow is not None else "pyarrow.csv" in sys.modules:
             import pyarrow as pa
             import pyarrow.csv as pacsv
 

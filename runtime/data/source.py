@@ -19,6 +19,8 @@ __all__ = ["COMPRESSIONS", "SMALL_INPUT", "Source", "arrow_available", "open_sou
 
 #: Inputs no larger than this are read without pyarrow.
 SMALL_INPUT = 1 << 20
+#: Bytes read ahead to recognise an input (and its header line).
+HEAD_BYTES = 1 << 20
 
 # compression -> (file extension, first bytes of such a file)
 COMPRESSIONS: dict[str, tuple[str, bytes]] = {
@@ -81,8 +83,19 @@ _DECOMPRESS: dict[str, Callable[[Any, str], Any]] = {
 }
 
 
+def _rewound(raw: IO[bytes]) -> bool:
+    """Seek back to the start when the input can (files); False for pipes."""
+    try:
+        raw.seek(0)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
 class _Prefixed:
     """A binary stream whose first bytes were already read: ``prefix``, then ``rest``."""
+
+    closed = False
 
     def __init__(self, prefix: bytes, rest: IO[bytes]) -> None:
         self._prefix = prefix
@@ -121,13 +134,13 @@ class Source:
         self.compression = compression_of(path or "") or next(
             (kind for kind, (_, m) in COMPRESSIONS.items() if magic.startswith(m)), None
         )
-        stream: Any = _Prefixed(magic, raw)
+        stream: Any = raw if _rewound(raw) else _Prefixed(magic, raw)
         if self.compression is not None:
             stream = _DECOMPRESS[self.compression](stream, name)
         self._stream = stream
-        self.head = b""
-        self.head = self._read(SMALL_INPUT + 1)
-        self.small = len(self.head) <= SMALL_INPUT
+        self.head = self._read(HEAD_BYTES + 1)
+        self.complete = len(self.head) <= HEAD_BYTES  # the whole input is in ``head``
+        self.small = self.complete and len(self.head) <= SMALL_INPUT
         self._pending = self.head
 
     def _read(self, n: int) -> bytes:

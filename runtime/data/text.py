@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 from pomona.runtime.data import messages
 from pomona.runtime.data.source import Source
+from pomona.runtime.errors import DataError
 
 __all__ = ["Block", "blocks", "decode"]
 
@@ -23,7 +24,11 @@ class Block:
 
 
 def decode(data: bytes, name: str, line: int) -> str:
-    """``data`` as text; DataError naming the line of the first byte that is not UTF-8."""
+    """``data`` as text; DataError naming the line of the first byte that is not UTF-8
+    (or of a NUL byte, which no text file holds)."""
+    if b"\x00" in data:
+        where = messages.at(name, line + data.count(b"\n", 0, data.index(b"\x00")))
+        raise DataError(f"{where}: binary data (a NUL byte), not text")
     if data.isascii():
         return data.decode("ascii")
     try:
