@@ -52,8 +52,7 @@ def _keep_columns(ctx: click.Context, param: click.Parameter, value: str | None)
     "--delimiter",
     type=click.Choice([",", ";", "|", "tab"]),
     default=None,
-    help="CSV input delimiter. Default: the first of , tab ; | in the header line "
-    "(tab for .tsv).",
+    help="CSV input delimiter. Default: the first of , tab ; | in the header line (tab for .tsv).",
 )
 @click.option(
     "--batch-size",
