@@ -217,7 +217,9 @@ def read_csv(source: Source, spec: Spec, batch_size: int) -> Iterator[Batch]:
     header = read_header(source, spec)
     name = source.name
     parse: Callable[[Block, int], Batch]
-    if not source.small and _source.arrow_available():
+    # A kept column that is also read as numbers keeps its text: only the csv module has it.
+    as_text = set(spec.keep) & set(spec.numbers)
+    if not source.small and not as_text and _source.arrow_available():
         parse = _ArrowParser(header, spec, name)
     else:
 

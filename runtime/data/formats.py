@@ -5,10 +5,10 @@ Adding a format is one entry here; nothing else looks at format names.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -74,7 +74,3 @@ def sniff(source: Source) -> Format:
     if by_magic is not None:
         return by_magic
     return FORMATS["jsonl" if head.lstrip().startswith(b"{") else "csv"]
-
-
-def writer_for(fmt: str, sink: IO[bytes], keep: Sequence[str], targets: Sequence[str]) -> Writer:
-    return FORMATS[fmt].writer(sink, keep, targets)

@@ -114,12 +114,13 @@ def test_output_text_does_not_depend_on_the_input_size(
             return x * 2
 
     source = tmp_path / "in.csv"
-    source.write_text("id,x\n" + "".join(f"r{i},{i}.5\n" for i in range(1000)) + 'q,"4.25"\n')
-    outputs = []
-    for small in (0, 1 << 40):
-        monkeypatch.setattr(data_source, "SMALL_INPUT", small)
-        out = tmp_path / f"out-{small}.csv"
-        assert predict_file(Double(), str(source), str(out), keep=["id"], batch_size=300) == 1001
-        outputs.append(out.read_bytes())
-    assert outputs[0] == outputs[1]
-    assert outputs[0].splitlines()[:3] == [b"id,y", b"r0,1", b"r1,3"]
+    source.write_text("id,x\n" + "".join(f"r{i},{i}.50\n" for i in range(1000)) + 'q,"4.25"\n')
+    for keep, first in ((["id"], b"r0,1"), (["id", "x"], b"r0,0.50,1")):
+        outputs = []
+        for small in (0, 1 << 40):
+            monkeypatch.setattr(data_source, "SMALL_INPUT", small)
+            out = tmp_path / f"out-{small}.csv"
+            assert predict_file(Double(), str(source), str(out), keep=keep, batch_size=300) == 1001
+            outputs.append(out.read_bytes())
+        assert outputs[0] == outputs[1]
+        assert outputs[0].splitlines()[:2] == [",".join([*keep, "y"]).encode(), first]
