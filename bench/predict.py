@@ -8,8 +8,8 @@ interleaved tries, so a busy machine slows both sides alike:
   matmul, ``to_csv``), and its peak RSS; the same on 10M rows, peak RSS vs 1M rows;
 * a one-row ``pomona predict`` vs ``python -c "import onnxruntime"``, and its peak RSS.
 
-The model is ``artifacts/model.onnx`` when present, else a linear model built with
-``onnx.helper``. Peak RSS of a child process is its ``ru_maxrss``.
+The model is ``artifacts/model.onnx`` when present, else a linear model exported by
+``pomona.export``. Peak RSS of a child process is its ``ru_maxrss``.
 
 Pomona's own modules are byte-compiled first, as ``pip install`` does: the start-up
 comparison would otherwise time Python compiling an editable checkout on every run
@@ -62,13 +62,29 @@ pd.DataFrame(y, columns=targets).to_csv(sys.argv[3], index=False)
 
 
 def _model(folder: Path) -> Path:
+    """``artifacts/model.onnx``, else the crop model's shape (3 -> 2, linear) exported by
+    Pomona's own ONNX exporter with fixed weights."""
     artifact = REPO / "artifacts" / "model.onnx"
     if artifact.is_file():
         return artifact
-    sys.path.insert(0, str(REPO))
-    from tests.onnx_models import make_linear_onnx
+    import json
 
-    return make_linear_onnx(folder / "model.onnx")
+    import torch
+
+    from pomona.export.onnx_export import export_onnx, serialize_onnx
+
+    linear = torch.nn.Linear(3, 2)
+    with torch.no_grad():
+        linear.weight.copy_(torch.tensor([[0.5, 0.75, 0.125], [-0.25, 1.0, 0.5]]))
+        linear.bias.copy_(torch.tensor([1.0, -2.0]))
+    metadata = {
+        "pomona.format": "1",
+        "pomona.feature_names": json.dumps(["temp", "rainfall", "humidity"]),
+        "pomona.target_names": json.dumps(["apples", "oranges"]),
+    }
+    path = folder / "model.onnx"
+    path.write_bytes(serialize_onnx(export_onnx(torch.nn.Sequential(linear), 3, metadata)))
+    return path
 
 
 # Runs one command and reports its wall time and peak RSS. The measuring process is

@@ -19,22 +19,21 @@ as they were.
 from __future__ import annotations
 
 import contextlib
-import csv
 import json
 import math
 import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from torch import nn
 
+from pomona.export.check_rows import training_features
 from pomona.export.equivalence import (
     EquivalenceReport,
     check_equivalence,
@@ -138,38 +137,6 @@ def onnx_metadata(state: Mapping[str, Any]) -> dict[str, str]:
         TARGET_NAMES_KEY: json.dumps(list(state["target_names"])),
         TRAINING_KEY: _json(summary),
     }
-
-
-def _read_columns(source: Any, names: Sequence[str]) -> np.ndarray | None:
-    with source.open(newline="") as handle:
-        reader = csv.DictReader(handle)
-        if reader.fieldnames is None or not set(names) <= set(reader.fieldnames):
-            return None
-        rows = [[float(row[name]) for name in names] for row in reader]
-    array = np.asarray(rows, dtype=np.float64).reshape(-1, len(names))
-    return array if len(array) and np.isfinite(array).all() else None
-
-
-def training_features(state: Mapping[str, Any]) -> np.ndarray | None:
-    """The feature columns of the checkpoint's training data, if they can still be read.
-
-    The config names a CSV file, or none for the bundled crop data. Returns
-    ``None`` when the file is gone or no longer has the feature columns.
-    """
-    config = state.get("config") or {}
-    names = list(state["feature_names"])
-    data = config.get("data")
-    source: Any
-    if data is None:
-        source = resources.files("pomona.train").joinpath("data", "crop.csv")
-    else:
-        source = Path(str(data))
-        if not source.is_file():
-            return None
-    try:
-        return _read_columns(source, names)
-    except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError, csv.Error):
-        return None
 
 
 def _forbidden_strings(*paths: Path) -> list[str]:

@@ -1,7 +1,7 @@
 """``pomona predict`` and ``pomona info``: batch prediction and model inspection.
 
-Imports click, numpy and onnxruntime only (pyarrow when an input is large and the
-``fast`` extra is installed), so both start quickly and without torch.
+Imports click, numpy and onnxruntime only (pyarrow for Parquet, and when an input is
+large and the ``fast`` extra is installed), so both start quickly and without torch.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from pomona.runtime.clikit import user_errors
+from pomona.runtime.data import DEFAULT_BATCH_SIZE, FORMATS
 
 __all__ = ["info", "predict"]
 
@@ -42,15 +43,21 @@ def _keep_columns(ctx: click.Context, param: click.Parameter, value: str | None)
 @click.option(
     "--format",
     "output_format",
-    type=click.Choice(["csv", "jsonl", "npy"]),
+    type=click.Choice(list(FORMATS)),
     default=None,
     help="Output format. Default: from the output's extension (.csv, .jsonl, .ndjson, "
-    ".npy), else csv.",
+    ".npy, .parquet), else csv.",
+)
+@click.option(
+    "--delimiter",
+    type=click.Choice([",", ";", "|", "tab"]),
+    default=None,
+    help="CSV input delimiter. Default: the first of , tab ; | in the header line (tab for .tsv).",
 )
 @click.option(
     "--batch-size",
     type=click.IntRange(min=1),
-    default=65536,
+    default=DEFAULT_BATCH_SIZE,
     show_default=True,
     help="Rows read and predicted at a time; memory grows with it, not with the input.",
 )
@@ -77,6 +84,7 @@ def predict(
     input: str,
     output: str,
     output_format: str | None,
+    delimiter: str | None,
     batch_size: int,
     keep: list[str],
     no_manifest_check: bool,
@@ -86,17 +94,19 @@ def predict(
 
     \b
     INPUT is CSV with a header (columns matched by name, in any order; others
-    ignored), JSON Lines (one object per line) or .npy ([rows, features]); '-'
-    reads stdin. The format comes from the extension, else from the content.
+    ignored), JSON Lines (one object per line), .npy ([rows, features]) or
+    Parquet; '-' reads stdin. The format comes from the extension, else from the
+    content; .gz, .zst, .bz2 and .xz files are decompressed.
     Output columns: the --keep columns, then one column per model output.
     Floats are written in the shortest form that reads back as the same float32.
     """
-    from pomona.runtime.batchio import predict_file
+    from pomona.runtime.data import predict_file
     from pomona.runtime.predictor import Predictor
 
     predictor = Predictor(model, check_manifest=not no_manifest_check, intra_op_threads=threads)
     options: dict[str, Any] = {
         "output_format": output_format,
+        "delimiter": "\t" if delimiter == "tab" else delimiter,
         "batch_size": batch_size,
         "keep": keep,
     }

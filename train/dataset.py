@@ -1,11 +1,8 @@
-"""Training data: read a CSV into float32 arrays and split it. Needs numpy only, not torch."""
+"""Training data: read a data file into float32 arrays and split it. Needs numpy, not torch."""
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
-import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -14,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pomona.runtime.data import read_numbers
 from pomona.runtime.errors import DataError
 
 __all__ = [
@@ -28,12 +26,11 @@ __all__ = [
 BUNDLED_DATA = "crop.csv (bundled)"
 #: The standardization statistics need at least two rows in the training split.
 MIN_TRAIN_ROWS = 2
-_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclass(frozen=True)
 class Table:
-    """Selected columns of a CSV file as float32 arrays, with where they came from."""
+    """Selected columns of a data file as float32 arrays, with where they came from."""
 
     source: str  # the file as the user named it, or BUNDLED_DATA
     sha256: str  # of the file's bytes: --resume uses it to recognise the same data
@@ -46,33 +43,24 @@ class Table:
         return int(self.features.shape[0])
 
 
-def _read_bytes(path: str | os.PathLike[str] | None) -> tuple[str, bytes]:
+def _locate(path: str | os.PathLike[str] | None) -> tuple[str, Path]:
     if path is None:
-        return BUNDLED_DATA, resources.files("pomona.train").joinpath("data/crop.csv").read_bytes()
+        return BUNDLED_DATA, Path(str(resources.files("pomona.train").joinpath("data/crop.csv")))
     name = os.fspath(path)
     p = Path(name)
     if not p.exists():
         raise DataError(f"{name}: no such file")
     if p.is_dir():
-        raise DataError(f"{name}: is a folder, not a CSV file")
-    try:
-        return name, p.read_bytes()
-    except OSError as err:
-        raise DataError(f"{name}: cannot read it: {err.strerror or err}") from err
+        raise DataError(f"{name}: is a folder, not a data file")
+    return name, p
 
 
-def _cell(source: str, line: int, column: str, text: str) -> float:
-    where = f"{source}, line {line}, column '{column}'"
-    stripped = text.strip()
-    if not stripped:
-        raise DataError(f"{where}: empty cell, expected a number")
-    try:
-        value = float(stripped)
-    except ValueError:
-        raise DataError(f"{where}: {stripped!r} is not a number") from None
-    if not math.isfinite(value) or abs(value) > _FLOAT32_MAX:
-        raise DataError(f"{where}: {stripped!r} is not a finite float32 number")
-    return value
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def read_table(
@@ -80,54 +68,19 @@ def read_table(
     features: Sequence[str],
     targets: Sequence[str],
 ) -> Table:
-    """Read ``features`` and ``targets`` columns from a CSV file with a header line.
+    """Read ``features`` and ``targets`` columns from a data file (CSV with a header line,
+    JSON Lines or Parquet; see :mod:`pomona.runtime.data` for the rules).
 
     ``path=None`` reads the bundled crop data. Every problem raises :class:`DataError`
     naming the file and, for a bad cell, its line (1 is the header) and column.
     """
-    source, raw = _read_bytes(path)
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise DataError(f"{source}: not UTF-8 text (byte {err.start} cannot be decoded)") from None
-    reader = csv.reader(io.StringIO(text, newline=""))
-    try:
-        header = next((row for row in reader if row), None)
-        if header is None:
-            raise DataError(f"{source}: the file is empty; expected a header line and data rows")
-        header = [name.strip() for name in header]
-        header_line = reader.line_num
-        wanted = [*features, *targets]
-        positions = []
-        for name in wanted:
-            count = header.count(name)
-            if count == 0:
-                raise DataError(
-                    f"{source}, line {header_line}: no column '{name}' in the header "
-                    f"(columns: {', '.join(header)})"
-                )
-            if count > 1:
-                raise DataError(f"{source}, line {header_line}: column '{name}' appears {count}x")
-            positions.append(header.index(name))
-        columns = list(zip(wanted, positions, strict=True))
-        rows: list[list[float]] = []
-        for row in reader:
-            if not row or (len(row) == 1 and not row[0].strip()):
-                continue  # blank line
-            line = reader.line_num
-            if len(row) != len(header):
-                raise DataError(
-                    f"{source}, line {line}: {len(row)} fields, but the header has {len(header)}"
-                )
-            rows.append([_cell(source, line, name, row[pos]) for name, pos in columns])
-    except csv.Error as err:
-        raise DataError(f"{source}, line {reader.line_num}: not valid CSV: {err}") from None
-    if not rows:
-        raise DataError(f"{source}: no data rows after the header")
-    values = np.asarray(rows, dtype=np.float32).reshape(len(rows), len(wanted))
+    source, file = _locate(path)
+    values = read_numbers(file if path is None else source, [*features, *targets])
+    if path is None:
+        source = BUNDLED_DATA
     return Table(
         source=source,
-        sha256=hashlib.sha256(raw).hexdigest(),
+        sha256=_sha256(file),
         feature_names=tuple(features),
         target_names=tuple(targets),
         features=np.ascontiguousarray(values[:, : len(features)]),

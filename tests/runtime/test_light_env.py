@@ -30,7 +30,7 @@ IMPORT_RUNTIME = (
     "import json, sys\n"
     "import pomona.runtime\n"
     "from pomona.runtime.predictor import Predictor\n"
-    "import pomona.runtime.predict_cli, pomona.runtime.batchio, pomona.runtime.model_info\n"
+    "import pomona.runtime.predict_cli, pomona.runtime.data, pomona.runtime.model_info\n"
     "print(json.dumps(sorted(sys.modules)))\n"
 )
 

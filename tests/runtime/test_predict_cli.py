@@ -13,7 +13,9 @@ import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
 
-from pomona.runtime import batchio
+from pomona.runtime import data
+from pomona.runtime.data import csv_write
+from pomona.runtime.data import source as data_source
 from pomona.runtime.errors import DataError
 from pomona.runtime.predict_cli import info, predict
 from pomona.runtime.predictor import Predictor
@@ -79,7 +81,7 @@ def test_large_csv_fast_path_keep_and_small_batches(model: Path, tmp_path: Path)
     # Over SMALL_INPUT bytes, so pyarrow's streaming reader and writer are used.
     x = _rows(40_000, seed=1)
     source = _write_csv(tmp_path / "big.csv", x)
-    assert source.stat().st_size > batchio.SMALL_INPUT
+    assert source.stat().st_size > data.SMALL_INPUT
     out = tmp_path / "out.csv"
     result = run_pomona("predict", model, source, "-o", out, "--keep", "id", "--batch-size", "7000")
     assert result.returncode == 0, result.stderr
@@ -93,7 +95,7 @@ def test_large_csv_fast_path_keep_and_small_batches(model: Path, tmp_path: Path)
 def test_stdlib_fallback_without_pyarrow(
     model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, size: int
 ) -> None:
-    monkeypatch.setattr(batchio, "arrow_available", lambda: False)
+    monkeypatch.setattr(data_source, "arrow_available", lambda: False)
     x = _rows(size, seed=2)
     source = _write_csv(tmp_path / "rows.csv", x, order=[1, 2, 0])
     out = tmp_path / "out.csv"
@@ -114,10 +116,10 @@ def test_stdlib_and_pyarrow_outputs_agree(
     source = _write_csv(tmp_path / "rows.csv", x)
     outputs = []
     for arrow in (True, False):
-        monkeypatch.setattr(batchio, "arrow_available", lambda arrow=arrow: arrow)
+        monkeypatch.setattr(data_source, "arrow_available", lambda arrow=arrow: arrow)
         out = tmp_path / f"out-{arrow}.csv"
         predictor = Predictor(model)
-        batchio.predict_file(predictor, str(source), str(out), keep=["id", "note"])
+        data.predict_file(predictor, str(source), str(out), keep=["id", "note"])
         outputs.append(_read_csv_output(out))
     assert outputs[0][0] == outputs[1][0]
     np.testing.assert_array_equal(
@@ -190,7 +192,7 @@ def test_manifest_opt_out(model: Path, tmp_path: Path) -> None:
 def test_progress_callback(model: Path, tmp_path: Path) -> None:
     source = _write_csv(tmp_path / "rows.csv", _rows(100))
     seen: list[tuple[int, int | None]] = []
-    rows = batchio.predict_file(
+    rows = data.predict_file(
         Predictor(model),
         str(source),
         str(tmp_path / "out.csv"),
@@ -211,31 +213,43 @@ GOOD = "a,1,2,3\n"
     ("name", "content", "message"),
     [
         ("missing.csv", None, "missing.csv: no such file"),
-        ("empty.csv", "", "empty.csv: empty file"),
-        ("header.csv", HEADER, "header.csv: no rows to predict"),
-        ("nocol.csv", "temp,rainfall\n1,2\n", "missing column(s) humidity"),
+        ("empty.csv", "", "empty.csv: the file is empty"),
+        ("header.csv", HEADER, "header.csv: no data rows after the header"),
+        ("nocol.csv", "temp,rainfall\n1,2\n", "line 1: no column 'humidity' in the header"),
         (
             "text.csv",
             HEADER + GOOD + "b,1,abc,3\n",
-            "row 2, column 'rainfall': not a number: 'abc'",
+            "line 3, column 'rainfall': 'abc' is not a number",
         ),
         (
             "nan.csv",
             HEADER + GOOD + "b,1,2,nan\n",
-            "row 2, column 'humidity': non-finite value nan",
+            "line 3, column 'humidity': 'nan' is not a finite float32 number",
         ),
-        ("inf.csv", HEADER + GOOD + "b,1e40,2,3\n", "row 2, column 'temp': non-finite value inf"),
-        ("blank.csv", HEADER + GOOD + "b,1,,3\n", "row 2, column 'rainfall': missing value"),
-        ("ragged.csv", HEADER + GOOD + "b,1,2\n", "row 2: expected 4 columns"),
-        ("truncated.csv", HEADER + GOOD + GOOD + "b,1", "row 3: expected 4 columns"),
-        ("dupe.csv", "temp,temp,rainfall,humidity\n1,1,2,3\n", "header repeats column(s) temp"),
-        ("empty.jsonl", "", "empty.jsonl: empty file"),
-        ("cut.jsonl", '{"temp": 1, "rainfall": 2, "humidity": 3}\n{"temp": 1, "rai', "row 2"),
-        ("nokey.jsonl", '{"temp": 1, "rainfall": 2}\n', "row 1: missing column 'humidity'"),
-        ("text.jsonl", '{"temp": 1, "rainfall": "x", "humidity": 3}\n', "not a number: 'x'"),
-        ("null.jsonl", '{"temp": 1, "rainfall": null, "humidity": 3}\n', "missing value"),
-        ("list.jsonl", "[1, 2, 3]\n", "row 1: not a JSON object"),
-        ("empty.npy", b"", "empty.npy: empty file"),
+        (
+            "inf.csv",
+            HEADER + GOOD + "b,1e40,2,3\n",
+            "line 3, column 'temp': '1e40' is not a finite float32 number",
+        ),
+        ("blank.csv", HEADER + GOOD + "b,1,,3\n", "line 3, column 'rainfall': empty cell"),
+        ("ragged.csv", HEADER + GOOD + "b,1,2\n", "line 3: 3 fields, but the header has 4"),
+        ("truncated.csv", HEADER + GOOD + GOOD + "b,1", "line 4: 2 fields, but the header has 4"),
+        (
+            "dupe.csv",
+            "temp,temp,rainfall,humidity\n1,1,2,3\n",
+            "line 1: column 'temp' appears 2 times",
+        ),
+        ("empty.jsonl", "", "empty.jsonl: the file is empty"),
+        (
+            "cut.jsonl",
+            '{"temp": 1, "rainfall": 2, "humidity": 3}\n{"temp": 1, "rai',
+            "line 2: not a JSON object",
+        ),
+        ("nokey.jsonl", '{"temp": 1, "rainfall": 2}\n', "line 1: no column 'humidity'"),
+        ("text.jsonl", '{"temp": 1, "rainfall": "x", "humidity": 3}\n', "'x' is not a number"),
+        ("null.jsonl", '{"temp": 1, "rainfall": null, "humidity": 3}\n', "null, expected a number"),
+        ("list.jsonl", "[1, 2, 3]\n", "line 1: not a JSON object"),
+        ("empty.npy", b"", "empty.npy: the file is empty"),
         ("junk.npy", b"not numpy at all", "not a .npy file"),
     ],
 )
@@ -278,10 +292,10 @@ def test_bad_npy_shapes(model: Path, tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("bad_row", "message"),
     [
-        ("z,1,abc,3", "row 60001, column 'rainfall': not a number: 'abc'"),
-        ("z,1,2", "row 60001: expected 4 columns"),
-        ("z,1,,3", "row 60001, column 'rainfall': missing value"),
-        ("z,1,2,nan", "row 60001, column 'humidity': non-finite value nan"),
+        ("z,1,abc,3", "line 60002, column 'rainfall': 'abc' is not a number"),
+        ("z,1,2", "line 60002: 3 fields, but the header has 4"),
+        ("z,1,,3", "line 60002, column 'rainfall': empty cell"),
+        ("z,1,2,nan", "line 60002, column 'humidity': 'nan' is not a finite"),
     ],
 )
 def test_bad_row_near_the_end_of_a_large_file(
@@ -290,7 +304,7 @@ def test_bad_row_near_the_end_of_a_large_file(
     source = tmp_path / "big.csv"
     rows = "".join(f"r{i:08d},{i % 97},{i % 89}.5,{i % 83}\n" for i in range(60_000))
     source.write_text(HEADER + rows + bad_row + "\n" + GOOD)
-    assert source.stat().st_size > batchio.SMALL_INPUT
+    assert source.stat().st_size > data.SMALL_INPUT
     out = tmp_path / "out.csv"
     result = run_pomona("predict", model, source, "-o", out, "--batch-size", "4096")
     assert result.returncode == 1
@@ -378,8 +392,8 @@ def test_usage_errors_exit_2(model: Path, tmp_path: Path, args: list[str], messa
     ("args", "message"),
     [
         (["--keep", "apples"], "clash with the model's outputs"),
-        (["--keep", "nope"], "--keep column(s) nope not in the input"),
-        (["--keep", "id", "--format", "npy"], "--keep needs CSV or JSON Lines output"),
+        (["--keep", "nope"], "no column 'nope' in the header"),
+        (["--keep", "id", "--format", "npy"], "--keep needs CSV, JSON Lines or Parquet output"),
     ],
 )
 def test_bad_keep(model: Path, tmp_path: Path, args: list[str], message: str) -> None:
@@ -459,9 +473,9 @@ def test_write_failure_leaves_no_file(
     def disk_full(*args: object) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(batchio._CsvArrowWriter, "write", disk_full)
+    monkeypatch.setattr(csv_write.CsvWriter, "_write_arrow", disk_full)
     out = tmp_path / "out.csv"
     with pytest.raises(DataError, match="cannot write: No space left on device"):
-        batchio.predict_file(Predictor(model), str(source), str(out), batch_size=5000)
+        data.predict_file(Predictor(model), str(source), str(out), batch_size=5000)
     assert not out.exists()
     assert not list(tmp_path.glob(".out.csv*"))

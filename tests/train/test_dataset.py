@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gzip
+import json
 from pathlib import Path
 
 import numpy as np
@@ -175,3 +177,35 @@ def test_bad_data_is_one_clear_error(case: str, tmp_path: Path) -> None:
         assert part in lines[0]
     assert result.stdout == ""
     assert not out.exists()
+
+
+def test_parquet_jsonl_and_compressed_csv_read_like_the_csv(tmp_path: Path) -> None:
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    bundled = read_table(None, *CROP)
+    columns = [*CROP[0], *CROP[1]]
+    values = np.hstack([bundled.features, bundled.targets])
+    pq.write_table(pa.table(dict(zip(columns, values.T, strict=True))), tmp_path / "crop.parquet")
+    lines = [json.dumps(dict(zip(columns, map(float, row), strict=True))) for row in values]
+    (tmp_path / "crop.jsonl").write_text("\n".join(lines) + "\n")
+    csv_text = ",".join(columns) + "\n" + "".join(",".join(map(str, r)) + "\n" for r in values)
+    (tmp_path / "crop.csv.gz").write_bytes(gzip.compress(csv_text.encode()))
+    for name in ("crop.parquet", "crop.jsonl", "crop.csv.gz"):
+        table = read_table(tmp_path / name, *CROP)
+        np.testing.assert_array_equal(table.features, bundled.features)
+        np.testing.assert_array_equal(table.targets, bundled.targets)
+
+
+def test_train_on_parquet(tmp_path: Path) -> None:
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    bundled = read_table(None, *CROP)
+    columns = dict(zip(CROP[0], bundled.features.T, strict=True))
+    columns.update(zip(CROP[1], bundled.targets.T, strict=True))
+    pq.write_table(pa.table(columns), tmp_path / "crop.parquet")
+    out = tmp_path / "out"
+    result = run_pomona(
+        "train", "--data", "crop.parquet", "--out", out, "--epochs", "2", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    assert (out / "checkpoint.pt").is_file()
