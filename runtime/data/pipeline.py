@@ -15,12 +15,12 @@ from typing import IO, Any
 
 import numpy as np
 
-from pomona.runtime.files import atomic_write
 from pomona.runtime.data import messages
 from pomona.runtime.data.columns import Batch, Spec
 from pomona.runtime.data.formats import FORMATS, format_for
 from pomona.runtime.data.reading import DEFAULT_BATCH_SIZE, open_batches
 from pomona.runtime.errors import DataError, InputError
+from pomona.runtime.files import atomic_write
 
 __all__ = ["predict_file"]
 
