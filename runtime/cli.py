@@ -28,7 +28,7 @@ _COMMANDS: dict[str, tuple[str, str | None, str]] = {
     "predict": ("pomona.runtime.predict_cli:predict", None, "Predict a batch file."),
     "info": ("pomona.runtime.predict_cli:info", None, "Show what a model expects and returns."),
     "serve": (
-        "pomona.runtime.serve_cli:serve",
+        "pomona.runtime.serve.cli:serve",
         "serve",
         "Serve a model over HTTP (Open Inference Protocol).",
     ),
