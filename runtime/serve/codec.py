@@ -58,7 +58,7 @@ _WIRE_DTYPES: dict[str, np.dtype[Any]] = {
 # Datatypes the protocol defines but a regression model on numbers cannot take.
 _OTHER_DTYPES = frozenset({"BOOL", "FP16", "BF16", "BYTES"})
 _INT_RANGE = range(-(2**63), 2**64)  # integers JSON readers keep as integers
-_EMPTY = b""
+_NO_BINARY = memoryview(b"")
 
 
 class RequestError(PomonaError):
@@ -110,7 +110,7 @@ def decode_reference(body: bytes, header_length: int | None, model: ModelIO) -> 
 
 def _split(body: bytes, header_length: int | None) -> tuple[bytes | memoryview, memoryview]:
     if header_length is None:
-        return body, memoryview(_EMPTY)
+        return body, _NO_BINARY
     if header_length > len(body):
         raise RequestError(
             f"Inference-Header-Content-Length {header_length} exceeds the body size {len(body)}"
@@ -179,7 +179,9 @@ def _read_document(doc: object, binary: memoryview, model: ModelIO, fast: bool) 
     params = doc.get("parameters")
     if params is not None and type(params) is not dict:
         raise _not_object("'parameters'")
-    binary_output = _flag(params, "binary_data_output", "request", False)
+    binary_output = (
+        False if params is None else _flag(params, "binary_data_output", "request", False)
+    )
     features = _read_inputs(doc.get("inputs"), binary, model, fast)
     outputs = doc.get("outputs")
     if outputs is not None:
@@ -250,7 +252,8 @@ class _Tensor(NamedTuple):
     n_features: int
 
 
-def _tensor(tensor: dict[str, Any], n_features: int) -> _Tensor:
+def _checked(tensor: dict[str, Any], n_features: int) -> tuple[np.dtype[Any], int]:
+    """The wire dtype and row count of an input tensor, once its datatype and shape pass."""
     name = tensor["name"]
     datatype = tensor.get("datatype")
     wire = _WIRE_DTYPES.get(datatype) if type(datatype) is str else None
@@ -274,46 +277,47 @@ def _tensor(tensor: dict[str, Any], n_features: int) -> _Tensor:
             f"input {name!r}: 'shape' must be [rows, {n_features}] ({n_features} features "
             f"per row), got {shape!r}"
         )
-    return _Tensor(name, str(datatype), wire, shape, shape[0], n_features)
+    return wire, shape[0]
 
 
 def _read_tensor(
     tensor: dict[str, Any], binary: memoryview, offset: int, n_features: int, fast: bool
 ) -> tuple[np.ndarray, int]:
-    spec = _tensor(tensor, n_features)
+    wire, rows = _checked(tensor, n_features)
     params = tensor.get("parameters")
     if params is not None and type(params) is not dict:
-        raise _not_object(f"input {spec.name!r} parameters")
+        raise _not_object(f"input {tensor['name']!r} parameters")
     size = None if params is None else params.get("binary_data_size")
     if size is not None:
-        return _binary_values(spec, size, "data" in tensor, binary, offset), offset + size
-    data = tensor.get("data")
+        values = _binary_values(tensor, wire, size, binary[offset:])
+        return values.reshape(rows, n_features), offset + size
     if fast:
-        return codec_fast.tensor_values(data, spec.wire, spec.rows, n_features), offset
-    return _reference_values(data, spec), offset
+        return codec_fast.tensor_values(tensor.get("data"), wire, rows, n_features), offset
+    spec = _Tensor(tensor["name"], tensor["datatype"], wire, tensor["shape"], rows, n_features)
+    return _reference_values(tensor.get("data"), spec), offset
 
 
 def _binary_values(
-    spec: _Tensor, size: Any, has_data: bool, binary: memoryview, offset: int
+    tensor: dict[str, Any], wire: np.dtype[Any], size: Any, binary: memoryview
 ) -> np.ndarray:
-    name = spec.name
+    """The flat values of a tensor sent as ``size`` bytes at the start of ``binary``."""
+    name, shape = tensor["name"], tensor["shape"]
     if type(size) is not int or size < 0:
         raise RequestError(f"input {name!r}: binary_data_size must be a non-negative integer")
-    if has_data:
+    if "data" in tensor:
         raise RequestError(f"input {name!r} has both 'data' and binary_data_size")
-    expected = spec.rows * spec.n_features * spec.wire.itemsize
+    expected = shape[0] * shape[1] * wire.itemsize
     if size != expected:
         raise RequestError(
-            f"input {name!r}: binary_data_size {size} does not match shape {spec.shape} of "
-            f"{spec.datatype} ({expected} bytes)"
+            f"input {name!r}: binary_data_size {size} does not match shape {shape} of "
+            f"{tensor['datatype']} ({expected} bytes)"
         )
-    if offset + size > len(binary):
+    if size > len(binary):
         raise RequestError(
             f"input {name!r}: binary_data_size {size} exceeds the "
-            f"{len(binary) - offset} bytes of binary data left in the body"
+            f"{len(binary)} bytes of binary data left in the body"
         )
-    values = np.frombuffer(binary[offset : offset + size], dtype=spec.wire)
-    return as_float32(values).reshape(spec.rows, spec.n_features)
+    return as_float32(np.frombuffer(binary[:size], dtype=wire))
 
 
 def _reference_values(data: object, spec: _Tensor) -> np.ndarray:
