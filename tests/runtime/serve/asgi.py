@@ -68,11 +68,6 @@ async def call_async(
     return Answer(sent)
 
 
-def call(
-    app: InferenceApp,
-    method: str,
-    path: str,
-    body: bytes | Iterable[bytes] | None = None,
-    headers: dict[str, str] | None = None,
-) -> Answer:
-    return asyncio.run(call_async(app, method, path, body, headers))
+def call(app: InferenceApp, *request: Any) -> Answer:
+    """:func:`call_async` (same arguments) on an event loop of its own."""
+    return asyncio.run(call_async(app, *request))

@@ -190,7 +190,7 @@ def test_oversized_body_in_chunks_is_refused_while_streaming(app: InferenceApp) 
             read.append(i)
             yield chunk
 
-    answer = call(app, "POST", INFER, chunks())  # type: ignore[arg-type]
+    answer = call(app, "POST", INFER, chunks())
     assert answer.status == 413
     assert "exceeds the limit" in json.loads(answer.body)["error"]
     assert answer.headers["connection"] == "close"

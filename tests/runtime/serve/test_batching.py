@@ -13,7 +13,8 @@ from pomona.runtime.serve.batching import MicroBatcher
 from tests.onnx_models import make_linear_onnx, reference_predictions
 
 
-def test_micro_batch_answers_each_request_even_beside_a_bad_one(tmp_path: Path) -> None:
+def counting_batcher(tmp_path: Path) -> tuple[MicroBatcher, list[int]]:
+    """A batcher over the linear model, and the row counts of the model calls it makes."""
     predictor = load_predictor(make_linear_onnx(tmp_path / "model.onnx"))
     calls: list[int] = []
 
@@ -21,7 +22,11 @@ def test_micro_batch_answers_each_request_even_beside_a_bad_one(tmp_path: Path) 
         calls.append(len(x))
         return predictor.predict(x)
 
-    batcher = MicroBatcher(predict)
+    return MicroBatcher(predict), calls
+
+
+def test_micro_batch_answers_each_request_even_beside_a_bad_one(tmp_path: Path) -> None:
+    batcher, calls = counting_batcher(tmp_path)
     good = [np.full((rows, 3), rows, dtype=np.float32) for rows in (1, 2, 3)]
     bad = np.array([[1.0, np.inf, 2.0]], dtype=np.float32)
 
@@ -42,14 +47,7 @@ def test_micro_batch_answers_each_request_even_beside_a_bad_one(tmp_path: Path) 
 
 
 def test_requests_of_different_turns_are_not_batched(tmp_path: Path) -> None:
-    predictor = load_predictor(make_linear_onnx(tmp_path / "model.onnx"))
-    calls: list[int] = []
-
-    def predict(x: np.ndarray) -> np.ndarray:
-        calls.append(len(x))
-        return predictor.predict(x)
-
-    batcher = MicroBatcher(predict)
+    batcher, calls = counting_batcher(tmp_path)
 
     async def one_by_one() -> None:
         for rows in (1, 2):
