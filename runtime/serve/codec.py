@@ -289,7 +289,7 @@ def _read_tensor(
         raise _not_object(f"input {tensor['name']!r} parameters")
     size = None if params is None else params.get("binary_data_size")
     if size is not None:
-        values = _binary_values(tensor, wire, size, binary[offset:])
+        values = _binary_values(tensor, wire, size, binary, offset)
         return values.reshape(rows, n_features), offset + size
     if fast:
         return codec_fast.tensor_values(tensor.get("data"), wire, rows, n_features), offset
@@ -298,9 +298,9 @@ def _read_tensor(
 
 
 def _binary_values(
-    tensor: dict[str, Any], wire: np.dtype[Any], size: Any, binary: memoryview
+    tensor: dict[str, Any], wire: np.dtype[Any], size: Any, binary: memoryview, offset: int
 ) -> np.ndarray:
-    """The flat values of a tensor sent as ``size`` bytes at the start of ``binary``."""
+    """The flat values of a tensor sent as ``size`` bytes at ``offset`` in ``binary``."""
     name, shape = tensor["name"], tensor["shape"]
     if type(size) is not int or size < 0:
         raise RequestError(f"input {name!r}: binary_data_size must be a non-negative integer")
@@ -312,12 +312,12 @@ def _binary_values(
             f"input {name!r}: binary_data_size {size} does not match shape {shape} of "
             f"{tensor['datatype']} ({expected} bytes)"
         )
-    if size > len(binary):
+    if offset + size > len(binary):
         raise RequestError(
             f"input {name!r}: binary_data_size {size} exceeds the "
-            f"{len(binary)} bytes of binary data left in the body"
+            f"{len(binary) - offset} bytes of binary data left in the body"
         )
-    return as_float32(np.frombuffer(binary[:size], dtype=wire))
+    return as_float32(np.frombuffer(binary[offset : offset + size], dtype=wire))
 
 
 def _reference_values(data: object, spec: _Tensor) -> np.ndarray:
