@@ -22,7 +22,7 @@ import prometheus_client
 from pomona.runtime.errors import PomonaError
 from pomona.runtime.predictor import Predictor
 from pomona.runtime.serve.batching import BATCH_ROWS, MicroBatcher
-from pomona.runtime.serve.body import Disconnected, InferHeaders, read_body
+from pomona.runtime.serve.body import Disconnected, infer_headers, read_body
 from pomona.runtime.serve.codec import (
     BINARY_EXTENSION,
     ModelIO,
@@ -217,9 +217,9 @@ class InferenceApp:
         return 200, content_type, body, _NO_HEADERS
 
     async def _infer(self, scope: Scope, receive: Receive) -> Response:
-        headers = InferHeaders(scope["headers"])
-        body = await read_body(receive, headers, self.max_body_size)
-        request = decode_request(body, headers.header_length, self._io)
+        content_length, header_length, encoding = infer_headers(scope["headers"])
+        body = await read_body(receive, content_length, encoding, self.max_body_size)
+        request = decode_request(body, header_length, self._io)
         features = request.features
         if self._batcher is not None and len(features) <= BATCH_ROWS:
             predictions = await self._batcher.predict(features)

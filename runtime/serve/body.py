@@ -8,7 +8,7 @@ from typing import Any
 
 from pomona.runtime.serve.codec import RequestError
 
-__all__ = ["Disconnected", "InferHeaders", "read_body", "too_large"]
+__all__ = ["Disconnected", "infer_headers", "read_body", "too_large"]
 
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 
@@ -17,22 +17,18 @@ class Disconnected(Exception):
     """The client went away before its request body arrived."""
 
 
-class InferHeaders:
-    """The request headers an infer request reads."""
-
-    __slots__ = ("content_length", "encoding", "header_length")
-
-    def __init__(self, headers: list[tuple[bytes, bytes]]) -> None:
-        self.content_length: int | None = None
-        self.header_length: int | None = None  # Inference-Header-Content-Length
-        self.encoding = b""
-        for key, value in headers:
-            if key == b"content-length":
-                self.content_length = _header_int(value, "Content-Length")
-            elif key == b"inference-header-content-length":
-                self.header_length = _header_int(value, "Inference-Header-Content-Length")
-            elif key == b"content-encoding":
-                self.encoding = value.strip().lower()
+def infer_headers(headers: list[tuple[bytes, bytes]]) -> tuple[int | None, int | None, bytes]:
+    """``Content-Length``, ``Inference-Header-Content-Length`` and ``Content-Encoding``."""
+    content_length = header_length = None
+    encoding = b""
+    for key, value in headers:
+        if key == b"content-length":
+            content_length = _header_int(value, "Content-Length")
+        elif key == b"inference-header-content-length":
+            header_length = _header_int(value, "Inference-Header-Content-Length")
+        elif key == b"content-encoding":
+            encoding = value.strip().lower()
+    return content_length, header_length, encoding
 
 
 def _header_int(value: bytes, name: str) -> int:
@@ -49,9 +45,11 @@ def too_large(limit: int) -> RequestError:
     )
 
 
-async def read_body(receive: Receive, headers: InferHeaders, limit: int) -> bytes:
+async def read_body(
+    receive: Receive, content_length: int | None, encoding: bytes, limit: int
+) -> bytes:
     """The whole request body, decompressed, refused (413) as soon as it passes ``limit``."""
-    if headers.content_length is not None and headers.content_length > limit:
+    if content_length is not None and content_length > limit:
         raise too_large(limit)
     message = await receive()
     if message["type"] != "http.request":
@@ -61,8 +59,8 @@ async def read_body(receive: Receive, headers: InferHeaders, limit: int) -> byte
         body = await _read_more(body, receive, limit)
     elif len(body) > limit:
         raise too_large(limit)
-    if headers.encoding and headers.encoding != b"identity":
-        body = _decompress(body, headers.encoding, limit)
+    if encoding and encoding != b"identity":
+        body = _decompress(body, encoding, limit)
     return body
 
 
