@@ -121,7 +121,7 @@ def test_nested_rows_path_agrees_with_the_reference(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(codec_fast, "USE_SIMDJSON", False)
     taken = Taken(monkeypatch, "_flatten_rows")
     cases = _json_request(st.integers(1, 150), nested=True)
-    assert _agree_with_reference(taken, cases, examples=100) >= 0.3
+    assert _agree_with_reference(taken, cases, examples=100) >= 0.2
 
 
 @needs_simdjson
@@ -129,7 +129,7 @@ def test_simdjson_path_agrees_with_the_reference(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(codec_fast, "SIMDJSON_MIN", 0)
     taken = Taken(monkeypatch, "read_flat_numbers")
     cases = _json_request(st.integers(1, 300), nested=False)
-    assert _agree_with_reference(taken, cases, examples=100) >= 0.3
+    assert _agree_with_reference(taken, cases, examples=100) >= 0.2
 
 
 _RAW_DTYPES = {"FP32": "<f4", "FP64": "<f8", "INT32": "<i4", "UINT8": "u1"}
