@@ -10,13 +10,14 @@ TRAIN_ARGS ?=
 EXPORT_ARGS ?=
 SERVE_ARGS ?=
 
-.PHONY: help install train export test lint typecheck pytest bench serve docs clean
+.PHONY: help install train export test lint typecheck pytest bench bench-peers serve docs clean
 
 help:
 	@echo "make train export   train on the bundled crop data, write $(OUT)/ artifacts"
 	@echo "make test           ruff, mypy and pytest"
 	@echo "make lint           ruff check and ruff format --check"
 	@echo "make bench          speed ratios against references measured in the same run"
+	@echo "make bench-peers    the serving benchmark with MLServer too (installed on first use)"
 	@echo "make serve          serve $(OUT)/model.onnx on 127.0.0.1:8000"
 	@echo "make docs           regenerate docs/commands.md from the --help texts"
 	@echo "make clean          remove .venv, $(OUT)/ and caches"
@@ -54,12 +55,19 @@ pytest: $(STAMP)
 test: lint typecheck pytest
 
 # The serving benchmark drives load with wrk; as root with apt-get it is installed here.
-bench: $(STAMP)
-	@command -v wrk >/dev/null || { \
+WRK := command -v wrk >/dev/null || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    apt-get update -qq && apt-get install -y -qq wrk >/dev/null; \
 	  else echo "wrk not found (apt-get install wrk): the serving benchmark falls back to a Python load loop"; fi; }
+
+bench: $(STAMP)
+	@$(WRK)
 	$(BIN)/python -m bench
+
+# Peer servers (MLServer, in a virtualenv of its own under ~/.cache) only when asked.
+bench-peers: $(STAMP)
+	@$(WRK)
+	$(BIN)/python -m bench.serve --peers
 
 serve: $(STAMP)
 	$(BIN)/pomona serve $(OUT)/model.onnx $(SERVE_ARGS)

@@ -50,7 +50,7 @@ COMMANDS: dict[str, Command] = {
     "predict": Command("pomona.runtime.predict_cli:predict", "Predict a batch file."),
     "info": Command("pomona.runtime.predict_cli:info", "Show what a model expects and returns."),
     "serve": Command(
-        "pomona.runtime.serve_cli:serve",
+        "pomona.runtime.serve.cli:serve",
         "Serve a model over HTTP (Open Inference Protocol).",
         "serve",
         ("uvicorn", "orjson", "prometheus_client"),

@@ -9,8 +9,11 @@ import pytest
 
 pytest.importorskip("httptools")
 
-from pomona.runtime._http import CoalescingHttpToolsProtocol, CoalescingTransport
-from pomona.runtime.server import uvicorn_options
+from pomona.runtime.serve.uvicorn_server import (
+    CoalescingTransport,
+    http_protocol,
+    uvicorn_options,
+)
 
 
 class Recorder(asyncio.Transport):
@@ -103,4 +106,7 @@ def test_everything_else_is_the_real_transports() -> None:
 
 
 def test_pomona_serve_runs_the_coalescing_protocol() -> None:
-    assert uvicorn_options(host="127.0.0.1", port=1)["http"] is CoalescingHttpToolsProtocol
+    from pomona.runtime.serve.uvicorn_server import CoalescingHttpToolsProtocol
+
+    protocol = uvicorn_options(host="127.0.0.1", port=1)["http"]
+    assert protocol is CoalescingHttpToolsProtocol is http_protocol()

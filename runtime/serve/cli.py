@@ -1,8 +1,8 @@
 """``pomona serve``: parse options and run the Open Inference Protocol server.
 
 The server libraries (uvicorn, httptools, uvloop, orjson, prometheus-client) come
-with the ``serve`` extra; importing them here, at the top, lets ``pomona`` name the
-extra to install when they are missing.
+with the ``serve`` extra; this module imports them (through the server modules) at the
+top, so that ``pomona`` names the extra to install when they are missing.
 """
 
 from __future__ import annotations
@@ -10,12 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-import orjson  # noqa: F401 - a missing serve extra is reported before anything runs
-import prometheus_client  # noqa: F401
-import uvicorn  # noqa: F401
 
-from pomona.runtime import server
 from pomona.runtime.clikit import user_errors
+from pomona.runtime.serve.app import DEFAULT_MAX_BODY_SIZE, DEFAULT_MODEL_NAME
+from pomona.runtime.serve.uvicorn_server import run_server
 
 __all__ = ["serve"]
 
@@ -43,7 +41,7 @@ _LOG_LEVELS = ["critical", "error", "warning", "info", "debug"]
 )
 @click.option(
     "--name",
-    default=server.DEFAULT_MODEL_NAME,
+    default=DEFAULT_MODEL_NAME,
     show_default=True,
     help="Model name in the URL paths: /v2/models/NAME/infer.",
 )
@@ -57,7 +55,7 @@ _LOG_LEVELS = ["critical", "error", "warning", "info", "debug"]
 @click.option(
     "--max-body-size",
     type=click.IntRange(min=1),
-    default=server.DEFAULT_MAX_BODY_SIZE,
+    default=DEFAULT_MAX_BODY_SIZE,
     show_default=True,
     help="Largest request body in bytes (after decompression); larger ones get 413.",
 )
@@ -111,7 +109,7 @@ def serve(
     """
     if not name or "/" in name:
         raise click.BadParameter("must be non-empty and contain no '/'", param_hint="--name")
-    started = server.run_server(
+    started = run_server(
         model,
         host=host,
         port=port,

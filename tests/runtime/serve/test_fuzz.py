@@ -7,20 +7,18 @@ schemathesis generates both valid and invalid requests.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pomona.runtime.server import InferenceApp, load_predictor
 from tests.onnx_models import make_linear_onnx
-from tests.runtime.test_serve import INFER, Server
+from tests.runtime.serve.cases import INFER
+from tests.runtime.serve.test_socket import Server
 
 SPEC = Path(__file__).with_name("oip_openapi.json")
 
@@ -92,34 +90,3 @@ def test_arbitrary_bodies_never_5xx(
     assert status in (200, 400, 413), answer
     if status != 200:
         assert set(json.loads(answer)) == {"error"}
-
-
-def test_app_refuses_bad_construction(tmp_path: Path) -> None:
-    predictor = load_predictor(make_linear_onnx(tmp_path / "model.onnx"))
-    with pytest.raises(ValueError, match="model name"):
-        InferenceApp(predictor, name="a/b")
-    with pytest.raises(ValueError, match="max_body_size"):
-        InferenceApp(predictor, max_body_size=0)
-    assert predictor.predict(np.ones((1, 3))).shape == (1, 2)
-
-
-def test_micro_batch_answers_each_request_even_beside_a_bad_one(tmp_path: Path) -> None:
-    from pomona.runtime.errors import InputError
-    from pomona.runtime.server import _MicroBatcher
-    from tests.onnx_models import reference_predictions
-
-    batcher = _MicroBatcher(load_predictor(make_linear_onnx(tmp_path / "model.onnx")))
-    good = [np.full((rows, 3), rows, dtype=np.float32) for rows in (1, 2, 3)]
-    bad = np.array([[1.0, np.inf, 2.0]], dtype=np.float32)
-
-    async def together(batch: list[np.ndarray]) -> list[object]:
-        futures = [batcher.predict(x) for x in batch]  # same loop turn: one batch
-        return await asyncio.gather(*futures, return_exceptions=True)
-
-    for batch in (good, [good[0], bad, good[2]]):
-        results = asyncio.run(together(batch))
-        for x, result in zip(batch, results, strict=True):
-            if x is bad:
-                assert isinstance(result, InputError)
-            else:
-                np.testing.assert_array_equal(result, reference_predictions(x))

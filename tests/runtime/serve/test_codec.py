@@ -1,53 +1,62 @@
-"""The infer request reader, with and without simdjson: same answers, same errors.
+"""The infer request codec: every fast path gives what the plain reference reader gives.
 
-Large JSON bodies are read with simdjson when it is installed; every body it does not
-take (nested or non-numeric data, duplicate keys, documents it refuses) goes to orjson.
-These tests run each body through both readers and compare what comes out.
+``decode_request`` reads JSON with orjson (large JSON-only bodies with simdjson when it is
+installed) and converts ``data`` by the quickest route; whatever a fast path does not take
+goes to ``decode_reference`` (the standard library's ``json``, one walk over the data).
+These tests run each body through the reference and through the fast readers (with and
+without simdjson) and compare what comes out; the property tests count how many generated
+requests each fast path actually took.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pomona.runtime import _protocol
-from pomona.runtime._protocol import InferRequest, RequestError, parse_request
-from tests.runtime.test_serve import BAD_REQUESTS, INFER
-
-pytestmark = pytest.mark.skipif(_protocol.simdjson is None, reason="simdjson is not installed")
+from pomona.runtime.serve import codec_fast
+from pomona.runtime.serve.codec import (
+    InferRequest,
+    ModelIO,
+    RequestError,
+    decode_reference,
+    decode_request,
+    encode_response,
+)
+from tests.runtime.serve.cases import BAD_REQUESTS, INFER
 
 N_FEATURES = 3
+MODEL = ModelIO("features", "predictions", N_FEATURES)
 READERS = ["orjson", "simdjson"]
+needs_simdjson = pytest.mark.skipif(codec_fast.simdjson is None, reason="simdjson is not installed")
+Decoder = Callable[[bytes, "int | None", ModelIO], InferRequest]
 
 
 @pytest.fixture(params=READERS)
 def reader(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """Read every body with one reader; simdjson takes bodies of any size."""
-    monkeypatch.setattr(_protocol, "_USE_SIMDJSON", request.param == "simdjson")
-    monkeypatch.setattr(_protocol, "_SIMDJSON_MIN", 0)
+    if request.param == "simdjson" and codec_fast.simdjson is None:
+        pytest.skip("simdjson is not installed")
+    monkeypatch.setattr(codec_fast, "USE_SIMDJSON", request.param == "simdjson")
+    monkeypatch.setattr(codec_fast, "SIMDJSON_MIN", 0)
     yield request.param
 
 
 def parse(body: bytes, header_length: int | None = None) -> InferRequest:
-    return parse_request(
-        body,
-        header_length,
-        input_name="features",
-        output_name="predictions",
-        n_features=N_FEATURES,
-    )
+    return decode_request(body, header_length, MODEL)
 
 
-def outcome(body: bytes, header_length: int | None = None) -> tuple[object, ...]:
+def outcome(
+    body: bytes, header_length: int | None = None, decode: Decoder = decode_request
+) -> tuple[object, ...]:
     """What a reader makes of a body: the request it yields, or the error it raises."""
     try:
-        request = parse(body, header_length)
+        request = decode(body, header_length, MODEL)
     except RequestError as err:
         return ("error", err.http_status, str(err))
     features = request.features
@@ -56,15 +65,14 @@ def outcome(body: bytes, header_length: int | None = None) -> tuple[object, ...]
 
 
 def both(body: bytes, header_length: int | None = None) -> tuple[object, ...]:
-    """The outcome under orjson, after checking that simdjson's is the same."""
-    results = []
-    for use in (False, True):
+    """The reference's outcome, after checking that every fast reader's is the same."""
+    expected = outcome(body, header_length, decode_reference)
+    for use in (False, True) if codec_fast.simdjson is not None else (False,):
         with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(_protocol, "_USE_SIMDJSON", use)
-            patch.setattr(_protocol, "_SIMDJSON_MIN", 0)
-            results.append(outcome(body, header_length))
-    assert results[0] == results[1], body[:300]
-    return results[0]
+            patch.setattr(codec_fast, "USE_SIMDJSON", use)
+            patch.setattr(codec_fast, "SIMDJSON_MIN", 0)
+            assert outcome(body, header_length) == expected, body[:300]
+    return expected
 
 
 def request_body(data: object, shape: object = None, **fields: object) -> bytes:
@@ -96,7 +104,7 @@ PARSE_CASES = [case for case in BAD_REQUESTS if _parse_level(case)]
     [(case[3], case[4], case[6]) for case in PARSE_CASES],
     ids=[case[0] for case in PARSE_CASES],
 )
-def test_battery_reads_the_same_with_either_reader(
+def test_battery_reads_the_same_with_every_reader(
     body: bytes, headers: dict[str, str], message: str
 ) -> None:
     length = headers.get("Inference-Header-Content-Length")
@@ -159,7 +167,7 @@ LARGE_BAD: list[tuple[str, bytes, str]] = [
 def test_large_malformed_body_gets_the_same_error_from_either_reader(
     body: bytes, message: str
 ) -> None:
-    assert len(body) >= _protocol._SIMDJSON_MIN or body.startswith(b"[[")
+    assert len(body) >= codec_fast.SIMDJSON_MIN or body.startswith(b"[[")
     result = both(body)
     assert result[0] == "error" and result[1] == 400, result
     assert re.search(message, str(result[2])), result
@@ -198,29 +206,35 @@ def test_large_valid_body_reads_the_same_with_either_reader(body: bytes) -> None
     assert result[0] == "ok", result
 
 
+@needs_simdjson
 def test_flat_data_takes_the_simdjson_path_and_the_rest_does_not() -> None:
-    doc = _protocol._read_flat_numbers(LARGE)
+    doc = codec_fast.read_flat_numbers(LARGE)
     assert doc is not None
     data = doc["inputs"][0]["data"]
     assert type(data) is np.ndarray and data.dtype == np.float64
     np.testing.assert_array_equal(data, np.array(_FLAT))
     for name in ("nested", "duplicate-data", "duplicate-inputs", "escapes", "int64"):
-        assert _protocol._read_flat_numbers(dict(LARGE_GOOD)[name]) is None, name
+        assert codec_fast.read_flat_numbers(dict(LARGE_GOOD)[name]) is None, name
 
 
 def test_without_simdjson_large_bodies_are_read_by_orjson(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_protocol, "_USE_SIMDJSON", False)
+    monkeypatch.setattr(codec_fast, "USE_SIMDJSON", False)
 
     def refuse(body: bytes) -> None:
         raise AssertionError("simdjson is off")
 
-    monkeypatch.setattr(_protocol, "_read_flat_numbers", refuse)
+    monkeypatch.setattr(codec_fast, "read_flat_numbers", refuse)
     request = parse(LARGE)
     np.testing.assert_array_equal(request.features, _VALUES.astype(np.float32))
 
 
 def test_binary_requests_are_not_read_by_simdjson(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_protocol, "_SIMDJSON_MIN", 0)
+    monkeypatch.setattr(codec_fast, "SIMDJSON_MIN", 0)
+
+    def refuse(body: bytes) -> None:
+        raise AssertionError("a binary request's header went to simdjson")
+
+    monkeypatch.setattr(codec_fast, "read_flat_numbers", refuse)
     raw = _VALUES.astype("<f4").tobytes()
     head = json.dumps(
         {
@@ -293,15 +307,56 @@ def _documents(draw: st.DrawFn) -> bytes:
 
 @given(body=_documents())
 @settings(max_examples=400, deadline=None, derandomize=True, database=None)
-def test_arbitrary_bodies_read_the_same_with_either_reader(body: bytes) -> None:
+def test_arbitrary_bodies_read_the_same_with_every_reader(body: bytes) -> None:
     both(body)
 
 
+@needs_simdjson
 def test_bodies_over_the_reuse_limit_get_a_parser_of_their_own(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(_protocol, "_REUSE_MAX", 0)
-    assert _protocol._parser(1) is not _protocol._parser(1)
-    doc = _protocol._read_flat_numbers(LARGE)
+    monkeypatch.setattr(codec_fast, "REUSE_MAX", 0)
+    assert codec_fast._parser(1) is not codec_fast._parser(1)
+    doc = codec_fast.read_flat_numbers(LARGE)
     assert doc is not None
     np.testing.assert_array_equal(doc["inputs"][0]["data"], np.array(_FLAT))
+
+
+def test_reference_reads_json_strictly() -> None:
+    for body, message in (
+        (b'{"inputs": [], "x": NaN}', "not a JSON number"),
+        (b'{"inputs": [], "x": 1e400}', "beyond the range of float64"),
+        (b'{"inputs": [], "id": "\\ud800"}', "malformed JSON"),
+        (b"\xef\xbb\xbf{}", "malformed JSON"),
+        (b"[" * 100_000 + b"]" * 100_000, "malformed JSON"),
+    ):
+        with pytest.raises(RequestError, match=message):
+            decode_reference(body, None, MODEL)
+    request = decode_reference(request_body([2**64, 2**63, -(2**63) - 1]), None, MODEL)
+    np.testing.assert_array_equal(
+        request.features, np.array([[2.0**64, 2.0**63, -(2.0**63)]], dtype=np.float32)
+    )
+
+
+@pytest.mark.parametrize("binary_output", [False, True])
+def test_encoded_response_reads_back(binary_output: bool) -> None:
+    y = np.array([[1.5, -2.0], [3.25, 0.0]], dtype=np.float32)
+    body, json_length = encode_response(
+        y,
+        model_name="m",
+        model_version="1",
+        output_name="predictions",
+        request_id="r",
+        binary_output=binary_output,
+    )
+    head = json.loads(body if json_length is None else body[:json_length])
+    assert head["model_name"] == "m" and head["id"] == "r"
+    (output,) = head["outputs"]
+    assert output["shape"] == [2, 2] and output["datatype"] == "FP32"
+    if binary_output:
+        assert json_length is not None
+        assert output["parameters"]["binary_data_size"] == len(body) - json_length == 16
+        np.testing.assert_array_equal(np.frombuffer(body[json_length:], "<f4").reshape(2, 2), y)
+    else:
+        assert json_length is None
+        np.testing.assert_array_equal(np.array(output["data"], "<f4").reshape(2, 2), y)

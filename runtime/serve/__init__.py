@@ -1,0 +1,47 @@
+"""``pomona serve``: an Open Inference Protocol (KServe V2 REST) server for one model.
+
+A plain ASGI application on uvicorn: the model answers in microseconds, so the
+server's own overhead is the whole latency. One module per concern:
+
+``app``             the framework-free ASGI app: routes (``/v2/health/live``,
+                    ``/v2/health/ready``, ``/v2``, ``/v2/models/{name}[/versions/1]``,
+                    ``.../ready``, ``.../infer``, ``/metrics``), every error as a 4xx/5xx
+                    ``{"error": ...}``; the factories ``create_app`` and ``load_predictor``.
+``body``            request bodies: the size limit (413), bodies in several messages,
+                    gzip/deflate.
+``codec``           infer requests and responses: ``decode_request`` (the one entry), the
+                    plain reference reader ``decode_reference`` (stdlib ``json``),
+                    ``encode_response``, ``RequestError``.
+``codec_fast``      the quick routes ``decode_request`` tries first (orjson, simdjson,
+                    flat arrays); each gives the reference's answer or declines.
+``batching``        the micro-batcher: small requests of one loop turn, one model call.
+``metrics``         the Prometheus collector behind ``/metrics``.
+``uvicorn_server``  every tie to uvicorn: options, the graceful server, the coalescing
+                    httptools transport (one write per response), worker processes.
+``cli``             the click ``serve`` command: parses options, calls ``run_server``.
+
+Importing this package needs the ``serve`` extra (orjson, prometheus-client; uvicorn
+for ``uvicorn_server`` and ``cli``).
+"""
+
+from __future__ import annotations
+
+from pomona.runtime.serve.app import (
+    DEFAULT_MAX_BODY_SIZE,
+    DEFAULT_MODEL_NAME,
+    MODEL_VERSION,
+    InferenceApp,
+    create_app,
+    load_predictor,
+)
+from pomona.runtime.serve.codec import RequestError
+
+__all__ = [
+    "DEFAULT_MAX_BODY_SIZE",
+    "DEFAULT_MODEL_NAME",
+    "MODEL_VERSION",
+    "InferenceApp",
+    "RequestError",
+    "create_app",
+    "load_predictor",
+]

@@ -1,0 +1,278 @@
+"""The ASGI application: Open Inference Protocol (KServe V2 REST) routes for one model.
+
+No web framework: the model answers in microseconds, so the server's own overhead is
+the whole latency. Routes are one dictionary lookup; every failure is answered with a
+4xx/5xx status and ``{"error": "<message>"}`` -- a :class:`PomonaError` with its own
+status, anything else logged with its traceback and answered with a generic 500.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Awaitable, Callable, MutableMapping
+from importlib.metadata import PackageNotFoundError, version
+from time import perf_counter
+from typing import Any
+
+import orjson
+import prometheus_client
+
+from pomona.runtime.errors import PomonaError
+from pomona.runtime.predictor import Predictor
+from pomona.runtime.serve.batching import BATCH_ROWS, MicroBatcher
+from pomona.runtime.serve.body import Disconnected, infer_headers, read_body
+from pomona.runtime.serve.codec import (
+    BINARY_EXTENSION,
+    ModelIO,
+    RequestError,
+    decode_request,
+    encode_response,
+)
+from pomona.runtime.serve.metrics import Metrics
+
+__all__ = [
+    "DEFAULT_MAX_BODY_SIZE",
+    "DEFAULT_MODEL_NAME",
+    "MODEL_VERSION",
+    "InferenceApp",
+    "create_app",
+    "load_predictor",
+]
+
+#: Largest request body accepted, as in Triton (``--max-body-size``).
+DEFAULT_MAX_BODY_SIZE = 64 * 1024 * 1024
+DEFAULT_MODEL_NAME = "pomona"
+#: The one version of the model a server holds, for ``/versions/{v}`` paths.
+MODEL_VERSION = "1"
+SERVER_NAME = "pomona"
+
+logger = logging.getLogger("pomona.serve")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+Headers = list[tuple[bytes, bytes]]
+Response = tuple[int, bytes, bytes, Headers]
+Handler = Callable[[Scope, Receive], Awaitable[Response]]
+
+_JSON = b"application/json"
+_BINARY = b"application/octet-stream"
+_NO_HEADERS: Headers = []
+_CLOSE = [(b"connection", b"close")]
+_MODEL_PATH = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?(/ready|/infer)?")
+_INTERNAL_ERROR = b'{"error":"internal server error"}'
+
+
+def _pomona_version() -> str:
+    try:
+        return version("pomona")
+    except PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+        return "0+unknown"
+
+
+class InferenceApp:
+    """The ASGI application serving one :class:`Predictor` under the Open Inference Protocol."""
+
+    def __init__(
+        self,
+        predictor: Predictor,
+        *,
+        name: str = DEFAULT_MODEL_NAME,
+        max_body_size: int = DEFAULT_MAX_BODY_SIZE,
+        registry: prometheus_client.CollectorRegistry | None = None,
+        micro_batch: bool = True,
+    ) -> None:
+        if not name or "/" in name:
+            raise ValueError(f"model name must be non-empty and contain no '/': {name!r}")
+        if max_body_size < 1:
+            raise ValueError(f"max_body_size must be >= 1, got {max_body_size}")
+        self.predictor = predictor
+        self.name = name
+        self.max_body_size = max_body_size
+        # The model is loaded (and checked against its manifest) before the app exists.
+        self.ready = True
+        self.metrics = Metrics(registry)
+        self._io = ModelIO(predictor.input_name, predictor.output_name, predictor.n_features)
+        self._batcher = MicroBatcher(predictor.predict) if micro_batch else None
+        self._server_metadata = orjson.dumps(
+            {"name": SERVER_NAME, "version": _pomona_version(), "extensions": [BINARY_EXTENSION]}
+        )
+        self._model_metadata = orjson.dumps(_model_metadata(predictor, name))
+        self._routes = self._route_table()
+
+    def _route_table(self) -> dict[str, tuple[str, dict[str, Handler]]]:
+        """Path -> (endpoint label for the metrics, handler by method)."""
+        routes: dict[str, tuple[str, dict[str, Handler]]] = {
+            "/v2/health/live": ("live", {"GET": self._live}),
+            "/v2/health/ready": ("ready", {"GET": self._ready}),
+            "/v2": ("server_metadata", {"GET": self._server_meta}),
+            "/metrics": ("metrics", {"GET": self._metrics}),
+        }
+        for base in (f"/v2/models/{self.name}", f"/v2/models/{self.name}/versions/{MODEL_VERSION}"):
+            routes[base] = ("model_metadata", {"GET": self._model_meta})
+            routes[base + "/ready"] = ("model_ready", {"GET": self._ready})
+            routes[base + "/infer"] = ("infer", {"POST": self._infer})
+        return routes
+
+    # -- ASGI entry point ------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            if scope["type"] == "lifespan":
+                await self._lifespan(receive, send)
+            return
+        start = perf_counter()
+        metrics = self.metrics
+        metrics.in_flight += 1
+        route = self._routes.get(scope["path"])
+        try:
+            status, content_type, body, extra = await self._answer(scope, receive, route)
+        except Disconnected:
+            metrics.in_flight -= 1
+            return
+        except BaseException:  # cancelled: nothing is sent
+            metrics.in_flight -= 1
+            raise
+        headers = [(b"content-type", content_type), (b"content-length", b"%d" % len(body))]
+        if extra:
+            headers.extend(extra)
+        try:
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+        finally:
+            metrics.in_flight -= 1
+        metrics.observe("other" if route is None else route[0], status, perf_counter() - start)
+
+    async def _answer(
+        self, scope: Scope, receive: Receive, route: tuple[str, dict[str, Handler]] | None
+    ) -> Response:
+        """The response to one request; every failure turned into its error response."""
+        path = scope["path"]
+        try:
+            if route is None:
+                raise self._unknown_path(path)
+            handler = route[1].get(scope["method"])
+            if handler is None:
+                return self._not_allowed(scope["method"], path, route[1])
+            return await handler(scope, receive)
+        except PomonaError as err:
+            body = orjson.dumps({"error": str(err)})
+            return err.http_status, _JSON, body, _CLOSE if err.http_status == 413 else _NO_HEADERS
+        except Disconnected:
+            raise
+        except Exception:
+            logger.exception("unexpected error answering %s %s", scope["method"], path)
+            return 500, _JSON, _INTERNAL_ERROR, _NO_HEADERS
+
+    def _not_allowed(self, method: str, path: str, handlers: dict[str, Handler]) -> Response:
+        allowed = ", ".join(handlers)
+        body = orjson.dumps({"error": f"method {method} not allowed on {path}; use {allowed}"})
+        return 405, _JSON, body, [(b"allow", allowed.encode())]
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                self.ready = True
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                self.ready = False
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    def _unknown_path(self, path: str) -> RequestError:
+        match = _MODEL_PATH.fullmatch(path)
+        if match is None:
+            return RequestError(f"no such endpoint: {path}", 404)
+        name, model_version = match.group(1), match.group(2)
+        if name != self.name:
+            return RequestError(f"unknown model {name!r}; this server serves {self.name!r}", 404)
+        return RequestError(
+            f"unknown version {model_version!r} of model {name!r}; "
+            f"this server serves version {MODEL_VERSION!r}",
+            404,
+        )
+
+    # -- endpoints -------------------------------------------------------------------------
+
+    async def _live(self, scope: Scope, receive: Receive) -> Response:
+        return 200, _JSON, b"", _NO_HEADERS
+
+    async def _ready(self, scope: Scope, receive: Receive) -> Response:
+        if not self.ready:
+            return 400, _JSON, b'{"error":"not ready"}', _NO_HEADERS
+        return 200, _JSON, b"", _NO_HEADERS
+
+    async def _server_meta(self, scope: Scope, receive: Receive) -> Response:
+        return 200, _JSON, self._server_metadata, _NO_HEADERS
+
+    async def _model_meta(self, scope: Scope, receive: Receive) -> Response:
+        return 200, _JSON, self._model_metadata, _NO_HEADERS
+
+    async def _metrics(self, scope: Scope, receive: Receive) -> Response:
+        content_type, body = self.metrics.exposition()
+        return 200, content_type, body, _NO_HEADERS
+
+    async def _infer(self, scope: Scope, receive: Receive) -> Response:
+        content_length, header_length, encoding = infer_headers(scope["headers"])
+        body = await read_body(receive, content_length, encoding, self.max_body_size)
+        request = decode_request(body, header_length, self._io)
+        features = request.features
+        if self._batcher is not None and len(features) <= BATCH_ROWS:
+            predictions = await self._batcher.predict(features)
+        else:
+            predictions = self.predictor.predict(features)
+        self.metrics.rows += len(predictions)
+        payload, json_length = encode_response(
+            predictions,
+            model_name=self.name,
+            model_version=MODEL_VERSION,
+            output_name=self._io.output_name,
+            request_id=request.id,
+            binary_output=request.binary_output,
+        )
+        if json_length is None:
+            return 200, _JSON, payload, _NO_HEADERS
+        return 200, _BINARY, payload, [(b"inference-header-content-length", b"%d" % json_length)]
+
+
+def _model_metadata(predictor: Predictor, name: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "versions": [MODEL_VERSION],
+        "platform": "onnxruntime_onnx",
+        "inputs": [
+            {"name": predictor.input_name, "datatype": "FP32", "shape": [-1, predictor.n_features]}
+        ],
+        "outputs": [
+            {"name": predictor.output_name, "datatype": "FP32", "shape": [-1, predictor.n_targets]}
+        ],
+        "parameters": {
+            "feature_names": ",".join(predictor.feature_names),
+            "target_names": ",".join(predictor.target_names),
+        },
+    }
+
+
+# -- factories -------------------------------------------------------------------------------
+
+
+def load_predictor(model: str | os.PathLike[str], *, check_manifest: bool = True) -> Predictor:
+    """The predictor a server process uses: one intra-op thread, no spinning."""
+    return Predictor(model, check_manifest=check_manifest, intra_op_threads=1, allow_spinning=False)
+
+
+def create_app(
+    model: str | os.PathLike[str],
+    *,
+    name: str = DEFAULT_MODEL_NAME,
+    max_body_size: int = DEFAULT_MAX_BODY_SIZE,
+    check_manifest: bool = True,
+    micro_batch: bool = True,
+) -> InferenceApp:
+    """Load ``model`` (checking it against its manifest) and return the ASGI app serving it."""
+    predictor = load_predictor(model, check_manifest=check_manifest)
+    return InferenceApp(predictor, name=name, max_body_size=max_body_size, micro_batch=micro_batch)

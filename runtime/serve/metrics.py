@@ -1,0 +1,80 @@
+"""Prometheus metrics of one ``pomona serve`` process, served on ``GET /metrics``."""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+from collections.abc import Iterator
+
+import prometheus_client
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.utils import floatToGoString
+
+__all__ = ["LATENCY_BUCKETS", "Metrics"]
+
+#: Latency buckets from 50 µs (a one-row request) to 10 s (a 64 MiB JSON body).
+LATENCY_BUCKETS = (
+    5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0,
+)  # fmt: skip
+
+
+class Metrics:
+    """Requests, latency, rows and requests in flight, registered in ``registry``.
+
+    Requests are counted in plain dictionaries (every request runs on the event loop
+    thread) and turned into metric families only when ``/metrics`` is scraped: a
+    labelled ``prometheus_client.Counter`` costs more per request than a small model.
+    """
+
+    def __init__(self, registry: prometheus_client.CollectorRegistry | None = None) -> None:
+        self.registry = registry or prometheus_client.CollectorRegistry()
+        self.rows = 0
+        self.in_flight = 0
+        self._requests: dict[tuple[str, int], int] = {}
+        self._latency: dict[str, tuple[list[int], list[float]]] = {}
+        self.registry.register(self)
+
+    def observe(self, endpoint: str, status: int, seconds: float) -> None:
+        """Count one answered request of ``endpoint`` and the time it took."""
+        key = (endpoint, status)
+        self._requests[key] = self._requests.get(key, 0) + 1
+        latency = self._latency.get(endpoint)
+        if latency is None:
+            latency = self._latency[endpoint] = ([0] * (len(LATENCY_BUCKETS) + 1), [0.0])
+        latency[0][bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        latency[1][0] += seconds
+
+    def exposition(self) -> tuple[bytes, bytes]:
+        """The content type and body of a scrape."""
+        body = prometheus_client.generate_latest(self.registry)
+        return prometheus_client.CONTENT_TYPE_LATEST.encode(), body
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            "pomona_requests",
+            "HTTP requests answered, by endpoint and status code.",
+            labels=["endpoint", "code"],
+        )
+        for (endpoint, status), count in sorted(self._requests.items()):
+            requests.add_metric([endpoint, str(status)], count)
+        yield requests
+        latency = HistogramMetricFamily(
+            "pomona_request_duration_seconds",
+            "Time from the request reaching the application to its response being sent.",
+            labels=["endpoint"],
+        )
+        bounds = [*map(floatToGoString, LATENCY_BUCKETS), "+Inf"]
+        for endpoint, (counts, total) in sorted(self._latency.items()):
+            cumulative = list(itertools.accumulate(counts))
+            latency.add_metric([endpoint], list(zip(bounds, cumulative, strict=True)), total[0])
+        yield latency
+        yield CounterMetricFamily("pomona_rows_predicted", "Rows the model predicted.", self.rows)
+        yield GaugeMetricFamily(
+            "pomona_requests_in_flight", "HTTP requests being answered now.", self.in_flight
+        )
