@@ -170,5 +170,5 @@ def test_predictions_are_the_shortest_float32_text(
         written = [line.split(":", 1)[1].strip().rstrip("}").strip() for line in lines]
     first = written[: len(SPECIAL)]
     assert written == first * SIZES[size]
-    for text, value in zip(first, SPECIAL.values(), strict=True):
-        _assert_shortest(text, value)
+    for cell, value in zip(first, SPECIAL.values(), strict=True):
+        _assert_shortest(cell, value)
