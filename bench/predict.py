@@ -169,7 +169,7 @@ def _interleaved(
 
 def _report(label: str, value: float, limit: float, detail: str) -> bool:
     ok = value <= limit
-    print(f"{label:<46} {value:8.3f}  (limit {limit:g}) {'ok' if ok else 'OVER'}   {detail}")
+    print(f"{label:<52} {value:8.3f}  (limit {limit:g}) {'ok' if ok else 'OVER'}   {detail}")
     return ok
 
 
