@@ -50,7 +50,7 @@ typecheck: $(STAMP) .typing/pomona
 	MYPYPATH=.typing $(BIN)/mypy -p pomona.train -p pomona.export -p pomona.runtime
 
 pytest: $(STAMP)
-	$(BIN)/pytest
+	POMONA_ALL_EXTRAS=1 $(BIN)/pytest
 
 test: lint typecheck pytest
 

@@ -51,7 +51,14 @@ def test_info_reports_a_matching_manifest(artifacts: Path) -> None:
     assert info.returncode == 0, info.stderr
     for word in ("temp", "rainfall", "humidity", "apples", "oranges"):
         assert word in info.stdout
-    assert "match" in info.stdout.lower()
+    shown = run_pomona("info", artifacts / ONNX_FILE, "--json")
+    assert shown.returncode == 0, shown.stderr
+    facts = json.loads(shown.stdout)
+    assert facts["manifest"]["status"] == "ok", facts["manifest"]
+    assert facts["feature_names"] == ["temp", "rainfall", "humidity"]
+    assert facts["target_names"] == ["apples", "oranges"]
+    recorded = json.loads((artifacts / MANIFEST_FILE).read_text())["artifacts"][ONNX_FILE]
+    assert facts["sha256"] == recorded["sha256"]
 
 
 def test_predict_agrees_with_the_trained_model(artifacts: Path, tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ import pytest
 from pomona.runtime.data import FORMATS, Spec, open_batches, read_numbers
 from pomona.runtime.data import source as data_source
 from pomona.runtime.errors import DataError
-from tests.conftest import run_pomona
+from tests.conftest import needs, run_pomona
 from tests.onnx_models import make_linear_onnx
 
 NAMES = ["temp", "rainfall", "humidity"]
@@ -33,7 +33,7 @@ def _write(fmt: str, path: Path, keep: dict[str, list[object]], values: np.ndarr
 @pytest.mark.parametrize("fmt", list(FORMATS))
 def test_each_format_round_trips(fmt: str, tmp_path: Path) -> None:
     if fmt == "parquet":
-        pytest.importorskip("pyarrow")
+        needs("pyarrow")
     keep = {} if fmt == "npy" else {"id": ["a", "b, with a comma", 'c "quoted"']}
     path = _write(fmt, tmp_path / f"rows.{fmt}", keep, VALUES)
     spec = Spec.of(NAMES, list(keep), positional=True)
@@ -56,7 +56,7 @@ def test_csv_and_jsonl_write_the_same_number_text(tmp_path: Path) -> None:
 
 
 def test_read_numbers_of_csv_jsonl_and_parquet_agree(tmp_path: Path) -> None:
-    pytest.importorskip("pyarrow")
+    needs("pyarrow")
     (tmp_path / "rows.csv").write_text(CSV)
     _write("jsonl", tmp_path / "rows.jsonl", {}, VALUES)
     _write("parquet", tmp_path / "rows.parquet", {}, VALUES)
@@ -81,7 +81,7 @@ def test_compressed_input_by_extension_and_by_content(
 
 
 def test_zstd_input(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    pa = pytest.importorskip("pyarrow")
+    pa = needs("pyarrow")
     path = tmp_path / "rows.csv.zst"
     with pa.CompressedOutputStream(str(path), "zstd") as stream:
         stream.write(CSV.encode())
@@ -178,8 +178,8 @@ def test_gzip_without_extension_is_decompressed_in_predict(tmp_path: Path) -> No
 
 
 def test_parquet_in_and_out_through_predict(tmp_path: Path) -> None:
-    pa = pytest.importorskip("pyarrow")
-    pq = pytest.importorskip("pyarrow.parquet")
+    pa = needs("pyarrow")
+    pq = needs("pyarrow.parquet")
     model = make_linear_onnx(tmp_path / "model.onnx")
     source = tmp_path / "rows.csv"
     source.write_text(CSV)
@@ -202,8 +202,8 @@ def test_parquet_in_and_out_through_predict(tmp_path: Path) -> None:
 
 
 def test_parquet_cells_are_checked(tmp_path: Path) -> None:
-    pa = pytest.importorskip("pyarrow")
-    pq = pytest.importorskip("pyarrow.parquet")
+    pa = needs("pyarrow")
+    pq = needs("pyarrow.parquet")
     path = tmp_path / "rows.parquet"
     table = pa.table({"temp": [1.0, None], "rainfall": [1.0, 2.0], "humidity": ["1", "x"]})
     pq.write_table(table, path)

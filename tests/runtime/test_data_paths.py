@@ -21,9 +21,10 @@ from pomona.runtime.data import Spec, csv_read, format_float32, open_batches, pr
 from pomona.runtime.data import source as data_source
 from pomona.runtime.data.csv_write import CsvWriter
 from pomona.runtime.errors import DataError
+from tests.conftest import needs
 
-pa = pytest.importorskip("pyarrow")
-pc = pytest.importorskip("pyarrow.compute")
+pa = needs("pyarrow")
+pc = needs("pyarrow.compute")
 
 FLOAT32 = st.floats(width=32, allow_nan=False, allow_infinity=False)
 ARRAYS = hnp.arrays(

@@ -20,7 +20,7 @@ import pytest
 
 from pomona.runtime.artifacts import INPUT_NAME, ONNX_FILE, OUTPUT_NAME
 from pomona.runtime.cli import COMMANDS, install_hint
-from tests.conftest import REPO
+from tests.conftest import REPO, SUBPROCESS_TIMEOUT
 from tests.onnx_models import make_linear_onnx
 
 pytestmark = pytest.mark.slow
@@ -51,17 +51,20 @@ def light_env(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for package in ("train", "export", "runtime"):
         shutil.copytree(REPO / package, source / package, ignore=ignore)
     venv = root / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    subprocess.run(
+        [sys.executable, "-m", "venv", str(venv)], check=True, timeout=SUBPROCESS_TIMEOUT
+    )
     install = subprocess.run(
         [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet",
          "-c", str(source / "constraints.txt"), str(source)],
-        capture_output=True, text=True, check=False,
+        capture_output=True, text=True, check=False, timeout=SUBPROCESS_TIMEOUT,
     )  # fmt: skip
     assert install.returncode == 0, install.stdout + install.stderr
     return venv
 
 
 def _run(venv: Path, *args: str | Path, **kwargs: object) -> subprocess.CompletedProcess[str]:
+    kwargs.setdefault("timeout", SUBPROCESS_TIMEOUT)
     return subprocess.run(  # type: ignore[call-overload,no-any-return]
         [str(a) for a in args], capture_output=True, text=True, check=False, cwd=venv, **kwargs
     )
@@ -102,7 +105,11 @@ def test_predict_in_light_env_equals_onnxruntime(light_env: Path, tmp_path: Path
 
 def test_runtime_imports_nothing_heavy_where_torch_is_installed() -> None:
     result = subprocess.run(
-        [sys.executable, "-c", IMPORT_RUNTIME], capture_output=True, text=True, check=True
+        [sys.executable, "-c", IMPORT_RUNTIME],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=SUBPROCESS_TIMEOUT,
     )
     assert _heavy(json.loads(result.stdout)) == []
 
@@ -120,7 +127,11 @@ def test_small_predict_imports_nothing_heavy(tmp_path: Path) -> None:
         "print(json.dumps(sorted(sys.modules)))\n"
     )
     result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=SUBPROCESS_TIMEOUT,
     )
     assert _heavy(json.loads(result.stdout)) == []
     assert (tmp_path / "o.csv").read_text() == "apples,oranges\n3.375,1.25\n"
@@ -173,7 +184,11 @@ def test_each_module_the_table_needs_is_checked(name: str) -> None:
     for module in COMMANDS[name].needs:
         code = _BLOCK.format(module=module, command=name)
         result = subprocess.run(
-            [sys.executable, "-c", code], capture_output=True, text=True, check=False
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=SUBPROCESS_TIMEOUT,
         )
         assert result.returncode == 0, result.stderr  # --help still works
         assert install_hint(COMMANDS[name].extra or "") in " ".join(result.stdout.split()), module

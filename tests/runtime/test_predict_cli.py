@@ -19,7 +19,7 @@ from pomona.runtime.data import source as data_source
 from pomona.runtime.errors import DataError
 from pomona.runtime.predict_cli import info, predict
 from pomona.runtime.predictor import Predictor
-from tests.conftest import run_pomona
+from tests.conftest import needs, run_pomona
 from tests.onnx_models import make_linear_onnx
 
 FEATURES = ["temp", "rainfall", "humidity"]
@@ -111,7 +111,7 @@ def test_stdlib_fallback_without_pyarrow(
 def test_stdlib_and_pyarrow_outputs_agree(
     model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    pytest.importorskip("pyarrow")
+    needs("pyarrow")
     x = _rows(40_000, seed=3)
     source = _write_csv(tmp_path / "rows.csv", x)
     outputs = []
@@ -467,7 +467,7 @@ def test_help() -> None:
 def test_write_failure_leaves_no_file(
     model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    pytest.importorskip("pyarrow")
+    needs("pyarrow")
     source = _write_csv(tmp_path / "big.csv", _rows(40_000, seed=8))
 
     def disk_full(*args: object) -> None:

@@ -17,6 +17,7 @@ from pomona.runtime import _session as session_module
 from pomona.runtime.artifacts import FORMAT_KEY, INPUT_NAME, MANIFEST_FILE, ONNX_FILE, OUTPUT_NAME
 from pomona.runtime.errors import ArtifactError, InputError
 from pomona.runtime.predictor import Predictor
+from tests.conftest import needs
 from tests.onnx_models import (
     CROP_FEATURES,
     CROP_TARGETS,
@@ -150,7 +151,7 @@ def test_predict_columns_any_order_extra_ignored(predictor: Predictor) -> None:
 
 
 def test_predict_columns_pyarrow_table(predictor: Predictor) -> None:
-    pa = pytest.importorskip("pyarrow")
+    pa = needs("pyarrow")
     table = pa.table({"rainfall": [2.0], "temp": [1.0], "humidity": [3.0], "id": ["x"]})
     np.testing.assert_array_equal(predictor.predict_columns(table), [[3.375, 1.25]])
     batch = table.to_batches()[0]

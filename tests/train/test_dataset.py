@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from pomona.runtime.errors import DataError
 from pomona.train.batches import BatchTensors, ShuffledBatches, batch_loader
 from pomona.train.dataset import BUNDLED_DATA, Table, read_table, split_indices
-from tests.conftest import run_pomona
+from tests.conftest import needs, run_pomona
 
 CROP = ("temp", "rainfall", "humidity"), ("apples", "oranges")
 HEADER = "temp,rainfall,humidity,apples,oranges\n"
@@ -180,8 +180,8 @@ def test_bad_data_is_one_clear_error(case: str, tmp_path: Path) -> None:
 
 
 def test_parquet_jsonl_and_compressed_csv_read_like_the_csv(tmp_path: Path) -> None:
-    pa = pytest.importorskip("pyarrow")
-    pq = pytest.importorskip("pyarrow.parquet")
+    pa = needs("pyarrow")
+    pq = needs("pyarrow.parquet")
     bundled = read_table(None, *CROP)
     columns = [*CROP[0], *CROP[1]]
     values = np.hstack([bundled.features, bundled.targets])
@@ -197,8 +197,8 @@ def test_parquet_jsonl_and_compressed_csv_read_like_the_csv(tmp_path: Path) -> N
 
 
 def test_train_on_parquet(tmp_path: Path) -> None:
-    pa = pytest.importorskip("pyarrow")
-    pq = pytest.importorskip("pyarrow.parquet")
+    pa = needs("pyarrow")
+    pq = needs("pyarrow.parquet")
     bundled = read_table(None, *CROP)
     columns = dict(zip(CROP[0], bundled.features.T, strict=True))
     columns.update(zip(CROP[1], bundled.targets.T, strict=True))
