@@ -28,12 +28,21 @@ from pomona.runtime.serve.codec import (
     decode_request,
     encode_response,
 )
+from tests.conftest import needs
 from tests.runtime.serve.cases import BAD_REQUESTS, INFER
 
 N_FEATURES = 3
 MODEL = ModelIO("features", "predictions", N_FEATURES)
 READERS = ["orjson", "simdjson"]
+# Without simdjson these tests skip, except where every extra is meant to be installed
+# (POMONA_ALL_EXTRAS=1, as `make test` sets): there test_simdjson_is_installed fails.
 needs_simdjson = pytest.mark.skipif(codec_fast.simdjson is None, reason="simdjson is not installed")
+
+
+def test_simdjson_is_installed() -> None:
+    needs("simdjson")
+
+
 Decoder = Callable[[bytes, "int | None", ModelIO], InferRequest]
 
 

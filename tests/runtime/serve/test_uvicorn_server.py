@@ -5,15 +5,14 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import pytest
-
-pytest.importorskip("httptools")
-
 from pomona.runtime.serve.uvicorn_server import (
     CoalescingTransport,
     http_protocol,
     uvicorn_options,
 )
+from tests.conftest import needs
+
+needs("httptools")  # the coalescing protocol runs on httptools
 
 
 class Recorder(asyncio.Transport):
