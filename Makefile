@@ -9,14 +9,16 @@ OUT ?= artifacts
 TRAIN_ARGS ?=
 EXPORT_ARGS ?=
 SERVE_ARGS ?=
+SWEEP_ARGS ?=
 
-.PHONY: help install train export test lint typecheck pytest bench serve clean
+.PHONY: help install train export test lint typecheck pytest bench sweep serve clean
 
 help:
 	@echo "make train export   train on the bundled crop data, write $(OUT)/ artifacts"
 	@echo "make test           ruff, mypy and pytest"
 	@echo "make lint           ruff check and ruff format --check"
 	@echo "make bench          speed ratios against references measured in the same run"
+	@echo "make sweep          choose the training defaults over public data sets (minutes)"
 	@echo "make serve          serve $(OUT)/model.onnx on 127.0.0.1:8000"
 	@echo "make clean          remove .venv, $(OUT)/ and caches"
 
@@ -59,6 +61,11 @@ bench: $(STAMP)
 	    apt-get update -qq && apt-get install -y -qq wrk >/dev/null; \
 	  else echo "wrk not found (apt-get install wrk): the serving benchmark falls back to a Python load loop"; fi; }
 	$(BIN)/python -m bench
+
+# The data sets ship inside scikit-learn and statsmodels (the sweep extra); no downloads.
+sweep: $(STAMP)
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[sweep]'
+	$(BIN)/python -m bench.defaults_sweep $(SWEEP_ARGS)
 
 serve: $(STAMP)
 	$(BIN)/pomona serve $(OUT)/model.onnx $(SERVE_ARGS)

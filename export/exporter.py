@@ -36,7 +36,7 @@ from pomona.export.equivalence import (
     predict_onnx,
     predict_torchscript,
 )
-from pomona.export.fold import fold_standardization
+from pomona.export.fold import fold_standardization, folding_note
 from pomona.export.manifest import build_manifest, manifest_bytes
 from pomona.export.onnx_export import INPUT_NAME, OUTPUT_NAME, export_onnx, serialize_onnx
 from pomona.export.torchscript import load_torchscript, torchscript_bytes
@@ -73,6 +73,7 @@ class ExportResult:
     report: EquivalenceReport
     onnx_ops: tuple[str, ...]
     triton_model_dir: Path | None
+    fold_note: str | None = None  # which standardization stayed unfolded, and why
 
 
 def _json(value: Any) -> str:
@@ -235,6 +236,7 @@ def export_checkpoint(
     repo_dir = Path(triton_repo) if triton_repo is not None else None
 
     folded = fold_standardization(model)
+    fold_note = folding_note(folded)
     proto = export_onnx(folded, n_features, onnx_metadata(state), graph_name=name)
     onnx_bytes = serialize_onnx(proto)
     _check_no_paths(onnx_bytes, checkpoint_path, out_dir, *([repo_dir] if repo_dir else []))
@@ -300,6 +302,7 @@ def export_checkpoint(
         report=report,
         onnx_ops=tuple(node.op_type for node in proto.graph.node),
         triton_model_dir=None if repo_dir is None else repo_dir / name,
+        fold_note=fold_note,
     )
 
 
