@@ -94,7 +94,9 @@ def finish(run: Run) -> tuple[dict[str, Any], str | None]:
     """
     config, best = run.config, run.best
     epochs_run = run.history[-1]["epoch"] if run.history else run.start
-    if best is not None:
+    last_state = None
+    if best is not None:  # keep the last weights too: --resume with more epochs goes on from them
+        last_state = {k: v.detach().cpu().clone() for k, v in run.model.state_dict().items()}
         run.model.load_state_dict(best.model_state)
     device = run.device
     x_train = run.x_train.to(device)
@@ -117,7 +119,10 @@ def finish(run: Run) -> tuple[dict[str, Any], str | None]:
         ),
     }
     metrics["warnings"] = run.warnings + diagnose(metrics, run.history)
-    save_checkpoint(run.checkpoint_path, run.checkpoint_state(epochs_run, metrics))
+    state = run.checkpoint_state(epochs_run, metrics)
+    if last_state is not None:
+        state["last_model_state"] = last_state
+    save_checkpoint(run.checkpoint_path, state)
     _write_outputs(run.out, run.history, metrics)
     plot_error = _plot(run.out, run.history)
     run.model.cpu().eval()

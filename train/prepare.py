@@ -148,11 +148,21 @@ class Run:
     @property
     def standardized_net(self) -> nn.Sequential:
         """The model without its last layer: raw features in, standardized targets out."""
-        return self.model[:-1]
+        return nn.Sequential(*list(self.model)[:-1])
 
     def checkpoint_state(self, epoch: int, metrics: dict[str, Any] | None) -> dict[str, Any]:
-        """The checkpoint after ``epoch`` (see :mod:`pomona.train.checkpoint`)."""
+        """The checkpoint after ``epoch`` (see :mod:`pomona.train.checkpoint`).
+
+        Beyond the keys documented there: ``target_normalization`` (the targets' mean and
+        std, also the last layer's buffers), ``scheduler_state`` (the learning-rate
+        schedule's position), ``best`` (best epoch, its validation loss and weights, the
+        epochs since, whether early stopping ended the run; None without validation). A
+        finished run's ``model_state`` is the kept (best) model; its last epoch's weights
+        are then in ``last_model_state``, which ``--resume`` continues from.
+        """
         standardize, target = self.model[0], self.target_scale
+        if not isinstance(standardize, Standardize):  # pragma: no cover - build_model's contract
+            raise TypeError("build_model must start with Standardize")
         return {
             "config": self.config.to_dict(),
             "feature_names": list(self.config.features),
@@ -230,22 +240,32 @@ def _resume_state(path: Path, config: TrainConfig, table: Table) -> dict[str, An
     return state
 
 
-def _new_model(config: TrainConfig, x_train: torch.Tensor, y_train: torch.Tensor) -> nn.Sequential:
+Statistics = tuple[torch.Tensor, torch.Tensor]  # per-column mean and std
+
+
+def _new_model(config: TrainConfig, features: Statistics, targets: Statistics) -> nn.Sequential:
     """The model with the training split's statistics, predicting the targets' mean."""
     set_seed(config.seed)
     model = build_model(len(config.features), len(config.targets), config.hidden)
-    scaler, target = model[0], model[-1]
+    scaler, target, output = model[0], model[-1], model[-2]
     if not isinstance(scaler, Standardize) or not isinstance(target, Destandardize):
         raise TypeError("build_model must start with Standardize, end with Destandardize")
-    for layer, values in ((scaler, x_train), (target, y_train)):
-        mean, std = standardization(values)
+    for layer, (mean, std) in ((scaler, features), (target, targets)):
         layer.mean.copy_(mean)
         layer.std.copy_(std)
     with torch.no_grad():  # start from predicting the mean, not from errors of its size
-        output = model[-2]
         if isinstance(output, nn.Linear):
             output.bias.zero_()
     return model
+
+
+def _precondition(model: nn.Sequential, standardized: torch.Tensor) -> None:
+    """Multiply the first layer's weight gradient by the inverse feature correlation."""
+    first = model[1]
+    if not isinstance(first, nn.Linear):  # pragma: no cover - build_model's contract
+        raise TypeError("build_model's layer 1 must be nn.Linear")
+    inverse = input_preconditioner(standardized, PRECONDITION_DAMPING).to(first.weight.device)
+    first.weight.register_hook(lambda grad: grad @ inverse)
 
 
 def _column_warnings(config: TrainConfig, x: torch.Tensor, y: torch.Tensor) -> list[str]:
@@ -263,7 +283,8 @@ def _column_warnings(config: TrainConfig, x: torch.Tensor, y: torch.Tensor) -> l
 
 
 def _restore(run: Run, previous: dict[str, Any]) -> None:
-    run.model.load_state_dict(previous["model_state"])
+    # A finished run's model_state is its best epoch; the last epoch's weights continue.
+    run.model.load_state_dict(previous.get("last_model_state") or previous["model_state"])
     run.optimizer.load_state_dict(previous["optimizer_state"])
     if previous.get("scheduler_state") is not None:
         run.scheduler.load_state_dict(previous["scheduler_state"])
@@ -286,11 +307,11 @@ def prepare(config: TrainConfig, table: Table | None = None, resume: bool = Fals
     checkpoint_path = out / CHECKPOINT_FILE
     previous = _resume_state(checkpoint_path, config, table) if resume else None
 
-    model = _new_model(config, x_train, y_train).to(device)
+    x_mean, x_std = standardization(x_train)
+    y_mean, y_std = standardization(y_train)
+    model = _new_model(config, (x_mean, x_std), (y_mean, y_std)).to(device)
     if config.precondition:
-        z = (x_train - model[0].mean.cpu()) / model[0].std.cpu()
-        inverse = input_preconditioner(z, PRECONDITION_DAMPING).to(device)
-        model[1].weight.register_hook(lambda grad: grad @ inverse)
+        _precondition(model, (x_train - x_mean) / x_std)
     optimizer = torch.optim.SGD(
         model.parameters(),
         lr=config.lr,
@@ -299,8 +320,7 @@ def prepare(config: TrainConfig, table: Table | None = None, resume: bool = Fals
     )
     steps = config.epochs * math.ceil(len(x_train) / config.batch_size)
     sampler = torch.Generator().manual_seed(config.seed)
-    target = model[-1]
-    y_standard = (y_train.to(device) - target.mean) / target.std
+    y_standard = ((y_train - y_mean) / y_std).to(device)
     run = Run(
         config=config,
         device=device,

@@ -14,6 +14,8 @@ from functools import partial
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
+from pomona.train.config import SCHEDULES
+
 __all__ = ["WARMUP_SHARE", "build_scheduler", "lr_factor"]
 
 #: Share of all steps spent warming up linearly from a small rate to the peak ``--lr``.
@@ -22,6 +24,8 @@ WARMUP_SHARE = 0.05
 
 def lr_factor(schedule: str, step: int, total_steps: int) -> float:
     """The multiple of the peak learning rate used at ``step`` (0-based) of ``total_steps``."""
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {schedule!r}; choose from {', '.join(SCHEDULES)}")
     if schedule == "constant":
         return 1.0
     warmup = max(1, math.ceil(WARMUP_SHARE * total_steps))
@@ -30,9 +34,7 @@ def lr_factor(schedule: str, step: int, total_steps: int) -> float:
     progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
     if schedule == "cosine":
         return 0.5 * (1.0 + math.cos(math.pi * progress))
-    if schedule == "linear":
-        return 1.0 - progress
-    raise ValueError(f"unknown schedule {schedule!r}")
+    return 1.0 - progress  # linear
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, schedule: str, total_steps: int) -> LambdaLR:
