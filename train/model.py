@@ -17,39 +17,35 @@ from torch import nn
 __all__ = ["Destandardize", "Standardize", "build_model"]
 
 
-class Standardize(nn.Module):
+class _ColumnStatistics(nn.Module):
+    """Per-column ``mean`` and ``std`` as buffers (0 and 1 until set from the data)."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def __init__(self, n_columns: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(n_columns))
+        self.register_buffer("std", torch.ones(n_columns))
+
+
+class Standardize(_ColumnStatistics):
     """``(x - mean) / std`` with ``mean`` and ``std`` stored as buffers.
 
     The statistics travel with the model (state dict, checkpoint, export), so a
     trained model always takes raw features.
     """
 
-    mean: torch.Tensor
-    std: torch.Tensor
-
-    def __init__(self, n_features: int) -> None:
-        super().__init__()
-        self.register_buffer("mean", torch.zeros(n_features))
-        self.register_buffer("std", torch.ones(n_features))
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std
 
 
-class Destandardize(nn.Module):
+class Destandardize(_ColumnStatistics):
     """``z * std + mean``: standardized predictions back on the targets' scale.
 
     Checkpoints written before targets were standardized have no such layer; loading
     their state dict leaves it as the identity (mean 0, std 1), so they still load.
     """
-
-    mean: torch.Tensor
-    std: torch.Tensor
-
-    def __init__(self, n_targets: int) -> None:
-        super().__init__()
-        self.register_buffer("mean", torch.zeros(n_targets))
-        self.register_buffer("std", torch.ones(n_targets))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return z * self.std + self.mean
