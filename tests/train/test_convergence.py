@@ -168,3 +168,11 @@ def test_a_growing_loss_is_diagnosed() -> None:
     rising = [{"train_loss": float(epoch)} for epoch in range(1, 41)]
     assert diagnose(metrics, falling) == []
     assert any("grew over the last epochs" in note for note in diagnose(metrics, rising))
+
+
+def test_the_optimum_warning_names_the_kept_epoch() -> None:
+    history = [{"train_loss": 1.0}] * 10
+    metrics = {"least_squares_mse": 1.0, "train": {"mse": 1.2}, "best_epoch": 4, "epochs_run": 10}
+    (note,) = diagnose(metrics, history)
+    assert note.startswith("train MSE is 1.2x the least-squares optimum at the kept epoch 4 ")
+    assert diagnose({**metrics, "train": {"mse": 1.04}}, history) == []
