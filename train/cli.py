@@ -237,6 +237,10 @@ def train(
         raise click.BadParameter(
             f"{', '.join(overlap)} is both a feature and a target", param_hint="'--targets'"
         )
+    if early_stopping is not None and val_fraction == 0:
+        raise click.BadParameter(
+            "needs a validation split (--val-fraction above 0)", param_hint="'--early-stopping'"
+        )
     config = TrainConfig(
         data=data,
         features=features,

@@ -147,6 +147,9 @@ def test_resume_with_other_settings_is_refused(tmp_path: Path) -> None:
         (["--epochs", "0"], "--epochs"),
         (["--batch-size", "0"], "--batch-size"),
         (["--device", "tpu"], "--device"),
+        (["--schedule", "step"], "--schedule"),
+        (["--early-stopping", "0"], "--early-stopping"),
+        (["--early-stopping", "3", "--val-fraction", "0"], "needs a validation split"),
     ],
 )
 def test_misuse_is_a_usage_error(options: list[str], message: str, tmp_path: Path) -> None:
