@@ -50,15 +50,17 @@ def diagnose(metrics: dict[str, Any], history: list[dict[str, Any]]) -> list[str
     if optimum is not None and train_mse > OPTIMUM_RATIO_WARNING * optimum + 1e-12:
         ratio = train_mse / optimum if optimum > 0 else float("inf")
         best, last = metrics.get("best_epoch"), metrics.get("epochs_run")
-        where = (
-            f" at the kept epoch {best} (lowest validation loss, of {last})"
-            if best is not None and last is not None and best < last
-            else ""
-        )
-        notes.append(
-            f"train MSE is {ratio:.3g}x the least-squares optimum{where}: training has not "
-            "converged; try more --epochs or another --lr"
-        )
+        if best is not None and last is not None and best < last:
+            notes.append(
+                f"train MSE is {ratio:.3g}x the least-squares optimum at epoch {best}, kept for "
+                f"the lowest validation loss (of {last}): validation preferred a less fitted "
+                "model; --val-fraction 0 fits every row"
+            )
+        else:
+            notes.append(
+                f"train MSE is {ratio:.3g}x the least-squares optimum: training has not "
+                "converged; try more --epochs or another --lr"
+            )
     if _grew([row["train_loss"] for row in history]):
         notes.append(
             "the training loss grew over the last epochs: the step is too large; "

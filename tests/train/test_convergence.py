@@ -174,5 +174,5 @@ def test_the_optimum_warning_names_the_kept_epoch() -> None:
     history = [{"train_loss": 1.0}] * 10
     metrics = {"least_squares_mse": 1.0, "train": {"mse": 1.2}, "best_epoch": 4, "epochs_run": 10}
     (note,) = diagnose(metrics, history)
-    assert note.startswith("train MSE is 1.2x the least-squares optimum at the kept epoch 4 ")
+    assert note.startswith("train MSE is 1.2x the least-squares optimum at epoch 4, kept for ")
     assert diagnose({**metrics, "train": {"mse": 1.04}}, history) == []
