@@ -9,8 +9,9 @@ OUT ?= artifacts
 TRAIN_ARGS ?=
 EXPORT_ARGS ?=
 SERVE_ARGS ?=
+SWEEP_ARGS ?=
 
-.PHONY: help install train export test lint typecheck pytest bench bench-peers serve docs clean
+.PHONY: help install train export test lint typecheck pytest bench bench-peers sweep serve docs clean
 
 help:
 	@echo "make train export   train on the bundled crop data, write $(OUT)/ artifacts"
@@ -18,6 +19,7 @@ help:
 	@echo "make lint           ruff check and ruff format --check"
 	@echo "make bench          speed ratios against references measured in the same run"
 	@echo "make bench-peers    the serving benchmark with MLServer too (installed on first use)"
+	@echo "make sweep          choose the training defaults over public data sets (minutes)"
 	@echo "make serve          serve $(OUT)/model.onnx on 127.0.0.1:8000"
 	@echo "make docs           regenerate docs/commands.md from the --help texts"
 	@echo "make clean          remove .venv, $(OUT)/ and caches"
@@ -68,6 +70,11 @@ bench: $(STAMP)
 bench-peers: $(STAMP)
 	@$(WRK)
 	$(BIN)/python -m bench.serve --peers
+
+# The data sets ship inside scikit-learn and statsmodels (the sweep extra); no downloads.
+sweep: $(STAMP)
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[sweep]'
+	$(BIN)/python -m bench.defaults_sweep $(SWEEP_ARGS)
 
 serve: $(STAMP)
 	$(BIN)/pomona serve $(OUT)/model.onnx $(SERVE_ARGS)

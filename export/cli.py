@@ -92,5 +92,7 @@ def export(checkpoint: Path, out: Path | None, name: str, triton_repo: Path | No
     graph = ", ".join(result.onnx_ops)
     say(f"Wrote {', '.join(str(path) for path in result.files)}")
     say(f"ONNX graph: {graph}")
+    if result.fold_note:
+        say(f"Note: {result.fold_note}")
     for line in report_lines(result.report):
         say(line)

@@ -41,7 +41,7 @@ from pomona.export.equivalence import (
     predict_runtime,
     predict_torchscript,
 )
-from pomona.export.fold import fold_standardization
+from pomona.export.fold import fold_standardization, folding_note
 from pomona.export.manifest import artifact_entry, build_manifest, manifest_bytes
 from pomona.export.onnx_export import export_onnx, serialize_onnx
 from pomona.export.torchscript import load_torchscript, torchscript_bytes
@@ -88,6 +88,7 @@ class ExportResult:
     report: EquivalenceReport
     onnx_ops: tuple[str, ...]
     triton_model_dir: Path | None
+    fold_note: str | None = None  # which standardization stayed unfolded, and why
 
 
 def _json(value: Any) -> str:
@@ -165,6 +166,8 @@ class BuiltArtifacts:
     onnx_bytes: bytes
     pt_bytes: bytes
     onnx_ops: tuple[str, ...]
+    #: Which standardization stayed unfolded, and why (None: both folded).
+    fold_note: str | None = None
 
     @property
     def feature_names(self) -> list[str]:
@@ -192,6 +195,7 @@ def build(checkpoint: str | os.PathLike[str], name: str = "pomona") -> BuiltArti
         onnx_bytes=serialize_onnx(proto),
         pt_bytes=torchscript_bytes(folded),
         onnx_ops=tuple(node.op_type for node in proto.graph.node),
+        fold_note=folding_note(folded),
     )
 
 
@@ -296,6 +300,7 @@ def export_checkpoint(
         report=report,
         onnx_ops=built.onnx_ops,
         triton_model_dir=None if repo_dir is None else repo_dir / name,
+        fold_note=built.fold_note,
     )
 
 

@@ -19,6 +19,7 @@ deprecation message and nothing else.
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import os
 import warnings
@@ -29,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pomona.runtime.errors import ArtifactError
+from pomona.train.model import Destandardize, Standardize
 
 __all__ = ["load_torchscript", "torchscript_bytes"]
 
@@ -65,6 +67,8 @@ def _scriptable(model: nn.Sequential) -> nn.Sequential:
             layers.append(_FrozenLinear(layer))
         elif isinstance(layer, nn.ReLU):
             layers.append(nn.ReLU())
+        elif isinstance(layer, Standardize | Destandardize):  # kept unfolded (see fold.py)
+            layers.append(copy.deepcopy(layer))
         else:
             raise ArtifactError(f"cannot script a {type(layer).__name__} layer")
     return nn.Sequential(*layers).eval()

@@ -10,7 +10,13 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from pomona.runtime.clikit import say, user_errors
-from pomona.train.config import DEFAULT_FEATURES, DEFAULT_TARGETS, TrainConfig, default_lr
+from pomona.train.config import (
+    DEFAULT_FEATURES,
+    DEFAULT_TARGETS,
+    SCHEDULES,
+    TrainConfig,
+    default_lr,
+)
 from pomona.train.dataset import read_table, split_indices
 
 if TYPE_CHECKING:
@@ -60,21 +66,30 @@ class _SizeList(click.ParamType):
         return sizes
 
 
+def _validation_text(metrics: dict[str, Any]) -> str:
+    val = metrics["validation"]
+    if val is None:
+        return "val MSE -"
+    kept = f"best epoch {metrics['best_epoch']} kept"
+    if metrics.get("stopped_early"):
+        kept += f", stopped early after epoch {metrics['epochs_run']}"
+    return f"val MSE {val['mse']:.4f} ({kept})"
+
+
 def _summary(result: TrainResult, rows: int) -> str:
     metrics = result.metrics
     config = result.config
     train_mse = metrics["train"]["mse"]
     optimum = metrics["least_squares_mse"]
     reference = f" (least-squares optimum {optimum:.4f})" if optimum is not None else ""
-    val = metrics["validation"]
-    val_text = f"{val['mse']:.4f}" if val is not None else "-"
     resumed = (
         f" (resumed at epoch {result.resumed_from})" if result.resumed_from is not None else ""
     )
+    warnings = "".join(f"; WARNING: {note}" for note in metrics.get("warnings") or [])
     return (
         f"trained {rows} rows x {len(config.features)} features -> {len(config.targets)} targets, "
         f"{config.epochs} epochs{resumed} on {result.device.type}: train MSE {train_mse:.4f}"
-        f"{reference}, val MSE {val_text}; wrote {result.out}/"
+        f"{reference}, {_validation_text(metrics)}{warnings}; wrote {result.out}/"
     )
 
 
@@ -109,7 +124,7 @@ def _summary(result: TrainResult, rows: int) -> str:
     "--lr",
     type=click.FloatRange(min=0, min_open=True),
     default=None,
-    help=f"SGD learning rate. Default: {default_lr(())} for the linear model, "
+    help=f"Peak SGD learning rate. Default: {default_lr(())} for the linear model, "
     f"{default_lr((1,))} with --hidden.",
 )
 @click.option(
@@ -141,11 +156,28 @@ def _summary(result: TrainResult, rows: int) -> str:
     help="Rows per SGD step.",
 )
 @click.option(
+    "--schedule",
+    type=click.Choice(SCHEDULES),
+    default=_DEFAULTS.schedule,
+    show_default=True,
+    help="Learning rate over the run: short warm-up then cosine or linear decay to zero, "
+    "or constant.",
+)
+@click.option(
     "--val-fraction",
     type=click.FloatRange(min=0, max=1, max_open=True),
     default=_DEFAULTS.val_fraction,
     show_default=True,
     help="Share of rows held out for validation; 0 trains on every row.",
+)
+@click.option(
+    "--early-stopping",
+    "early_stopping",
+    type=click.IntRange(min=1),
+    default=_DEFAULTS.early_stopping,
+    metavar="PATIENCE",
+    help="Stop after PATIENCE epochs without a lower validation loss. With a validation "
+    "split the best epoch's model is kept either way.  [default: off]",
 )
 @click.option(
     "--seed",
@@ -184,7 +216,9 @@ def train(
     weight_decay: float,
     epochs: int,
     batch_size: int,
+    schedule: str,
     val_fraction: float,
+    early_stopping: int | None,
     seed: int,
     device: str,
     out: str,
@@ -200,6 +234,10 @@ def train(
         raise click.BadParameter(
             f"{', '.join(overlap)} is both a feature and a target", param_hint="'--targets'"
         )
+    if early_stopping is not None and val_fraction == 0:
+        raise click.BadParameter(
+            "needs a validation split (--val-fraction above 0)", param_hint="'--early-stopping'"
+        )
     config = TrainConfig(
         data=data,
         features=features,
@@ -210,7 +248,9 @@ def train(
         weight_decay=weight_decay,
         epochs=epochs,
         batch_size=batch_size,
+        schedule=schedule,
         val_fraction=val_fraction,
+        early_stopping=early_stopping,
         seed=seed,
         device=device,
         out=str(Path(out)),

@@ -27,8 +27,11 @@ def make_model(
     std: Sequence[float] | None = None,
     seed: int = 0,
     weight_scale: float = 1.0,
+    target_mean: Sequence[float] | None = None,
+    target_std: Sequence[float] | None = None,
 ) -> nn.Sequential:
-    """``build_model`` with seeded random weights (times ``weight_scale``) and given statistics."""
+    """``build_model`` with seeded random weights (times ``weight_scale``) and given statistics
+    of the features (``mean``, ``std``) and targets (``target_mean``, ``target_std``)."""
     generator = torch.Generator().manual_seed(seed)
     model = build_model(n_features, n_targets, list(hidden))
     with torch.no_grad():
@@ -41,6 +44,10 @@ def make_model(
             model[0].mean.copy_(torch.tensor(mean, dtype=torch.float32))
         if std is not None:
             model[0].std.copy_(torch.tensor(std, dtype=torch.float32))
+        if target_mean is not None:
+            model[-1].mean.copy_(torch.tensor(target_mean, dtype=torch.float32))
+        if target_std is not None:
+            model[-1].std.copy_(torch.tensor(target_std, dtype=torch.float32))
     return model.eval()
 
 

@@ -57,6 +57,8 @@ def test_sigkill_then_resume_gives_the_uninterrupted_weights(tmp_path: Path) -> 
         "16",
         "--device",
         "cpu",
+        "--schedule",
+        "constant",
     ]
     out = tmp_path / "killed"
     # Far more epochs than it can finish before the kill; training stops at epoch k >= 1.
@@ -88,6 +90,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_weights(tmp_path: Path) -> 
         hidden=(16,),
         batch_size=8,
         lr=default_lr((16,)),
+        schedule="constant",
         epochs=epochs,
         device="cpu",
         out=str(tmp_path / "straight"),
@@ -105,10 +108,23 @@ def test_sigkill_then_resume_gives_the_uninterrupted_weights(tmp_path: Path) -> 
 
 
 def test_resume_with_other_settings_is_refused(tmp_path: Path) -> None:
-    config = TrainConfig(epochs=2, device="cpu", out=str(tmp_path / "out"))
+    config = TrainConfig(
+        epochs=2, lr=0.1, schedule="constant", device="cpu", out=str(tmp_path / "out")
+    )
     train(config)
     before = (tmp_path / "out" / "checkpoint.pt").read_bytes()
-    result = run_pomona("train", "--out", config.out, "--epochs", "4", "--lr", "0.05", "--resume")
+    result = run_pomona(
+        "train",
+        "--out",
+        config.out,
+        "--epochs",
+        "4",
+        "--lr",
+        "0.05",
+        "--schedule",
+        "constant",
+        "--resume",
+    )
     assert result.returncode == 1
     assert result.stderr.startswith("Error: cannot resume from ")
     assert "--lr 0.1 there, 0.05 now" in result.stderr
@@ -131,6 +147,9 @@ def test_resume_with_other_settings_is_refused(tmp_path: Path) -> None:
         (["--epochs", "0"], "--epochs"),
         (["--batch-size", "0"], "--batch-size"),
         (["--device", "tpu"], "--device"),
+        (["--schedule", "step"], "--schedule"),
+        (["--early-stopping", "0"], "--early-stopping"),
+        (["--early-stopping", "3", "--val-fraction", "0"], "needs a validation split"),
     ],
 )
 def test_misuse_is_a_usage_error(options: list[str], message: str, tmp_path: Path) -> None:
@@ -160,7 +179,9 @@ def test_help_lists_every_option() -> None:
         "--weight-decay",
         "--epochs",
         "--batch-size",
+        "--schedule",
         "--val-fraction",
+        "--early-stopping",
         "--seed",
         "--device",
         "--out",

@@ -116,9 +116,11 @@ def test_metrics_by_hand() -> None:
 
 
 def test_resume_continues_exactly(tmp_path: Path) -> None:
+    # Under the constant schedule a run may be extended: --epochs grows on resume.
     data = str(write_synthetic(tmp_path / "d.csv", 200))
-    straight = train(small(tmp_path, "straight", data=data, epochs=6, batch_size=16))
-    part = small(tmp_path, "parts", data=data, epochs=3, batch_size=16)
+    common = {"data": data, "batch_size": 16, "schedule": "constant"}
+    straight = train(small(tmp_path, "straight", epochs=6, **common))
+    part = small(tmp_path, "parts", epochs=3, **common)
     train(part)
     resumed = train(dataclasses.replace(part, epochs=6), resume=True)
     assert resumed.resumed_from == 3
@@ -128,7 +130,7 @@ def test_resume_continues_exactly(tmp_path: Path) -> None:
 
 
 def test_resume_refuses_another_run(tmp_path: Path) -> None:
-    config = small(tmp_path, "run")
+    config = small(tmp_path, "run", lr=0.1, schedule="constant")
     with pytest.raises(ArtifactError, match=r"no checkpoint at .* run without --resume"):
         train(config, resume=True)
     train(config)
