@@ -203,7 +203,8 @@ def _summary(result: TrainResult, rows: int) -> str:
 @click.option(
     "--resume",
     is_flag=True,
-    help="Continue from OUT/checkpoint.pt (same data and settings; --epochs may grow).",
+    help="Continue from OUT/checkpoint.pt (same data and settings; --epochs may grow "
+    "only with --schedule constant).",
 )
 @user_errors
 def train(
