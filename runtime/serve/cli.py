@@ -1,8 +1,8 @@
 """``pomona serve``: parse options and run the Open Inference Protocol server.
 
 The server libraries (uvicorn, httptools, uvloop, orjson, prometheus-client) come
-with the ``serve`` extra; this module imports them (through the server modules) at the
-top, so that ``pomona`` names the extra to install when they are missing.
+with the ``serve`` extra. Whether they are installed is decided before this module is
+imported, by the command table in :mod:`pomona.runtime.cli`, which prints the install hint.
 """
 
 from __future__ import annotations
