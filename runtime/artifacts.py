@@ -9,16 +9,19 @@ runtime can use it without torch and export can use it without onnxruntime.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import posixpath
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
 from pomona.runtime.errors import ArtifactError
 from pomona.runtime.files import file_sha256
+from pomona.runtime.onnx_proto import external_data_locations, inside_folder
 
 __all__ = [
     "ATOL",
@@ -31,6 +34,7 @@ __all__ = [
     "INPUT_NAME",
     "MANIFEST_FILE",
     "METRICS_FILE",
+    "MODEL_FILES",
     "ONNX_FILE",
     "OUTPUT_NAME",
     "PLOT_FILE",
@@ -67,6 +71,9 @@ PLOT_FILE = "loss_curve.png"
 ONNX_FILE = "model.onnx"
 TORCHSCRIPT_FILE = "model.pt"
 MANIFEST_FILE = "manifest.json"
+#: The manifest entries that are models the runtime loads. In a folder with a manifest
+#: that lists one, a model file of any name must have the content of one of them.
+MODEL_FILES: tuple[str, ...] = (ONNX_FILE,)
 
 # -- model.onnx --------------------------------------------------------------------------
 
@@ -122,11 +129,13 @@ def check_format(metadata: Mapping[str, str], path: str | os.PathLike[str]) -> N
 
 
 class ManifestCheck(NamedTuple):
-    """How a model file compares with the ``manifest.json`` beside it.
+    """How a model file compares with the ``manifest.json`` in its folder.
 
-    ``status`` is ``ok`` (the manifest records this file's sha256), ``none`` (no
-    manifest, or one that does not list this file), ``mismatch`` (the file changed
-    since the manifest was written) or ``unreadable``; ``detail`` says it in words.
+    ``status`` is ``ok`` (the manifest records this file's sha256 under one of
+    :data:`MODEL_FILES`, whatever the file's own name, and the sha256 of every external
+    data file it points to), ``none`` (no manifest, or one that lists no model),
+    ``mismatch`` (the model, or an external data file, is not what the manifest records)
+    or ``unreadable``; ``detail`` says it in words.
     """
 
     status: Literal["ok", "none", "mismatch", "unreadable"]
@@ -141,30 +150,102 @@ class ManifestCheck(NamedTuple):
         return {"status": self.status, "detail": self.detail}
 
 
-def check_manifest(model: str | os.PathLike[str], sha256: str | None = None) -> ManifestCheck:
-    """Compare ``model`` with the manifest beside it (``sha256``: the model's, if known)."""
-    path = Path(model)
-    manifest_path = path.parent / MANIFEST_FILE
-    if not manifest_path.is_file():
-        return ManifestCheck("none", f"no {MANIFEST_FILE} beside the model")
+def _model_entries(manifest_path: Path) -> tuple[dict[str, Any], dict[str, str]] | ManifestCheck:
+    """The manifest's artifacts and the recorded sha256 of each model it lists."""
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         manifest = None
     listed = manifest.get("artifacts") if isinstance(manifest, dict) else None
-    if isinstance(listed, dict) and path.name not in listed:
-        return ManifestCheck("none", f"{MANIFEST_FILE} does not list {path.name}")
-    entry = listed.get(path.name) if isinstance(listed, dict) else None
+    if not isinstance(listed, dict):
+        return ManifestCheck("unreadable", f"unreadable {MANIFEST_FILE} (no artifacts)")
+    models: dict[str, str] = {}
+    for name in MODEL_FILES:
+        if name in listed:
+            expected = _recorded_sha256(listed, name)
+            if expected is None:
+                return ManifestCheck(
+                    "unreadable", f"unreadable {MANIFEST_FILE} (no artifacts.{name}.sha256)"
+                )
+            models[name] = expected
+    return listed, models
+
+
+def _recorded_sha256(listed: dict[str, Any], name: str) -> str | None:
+    entry = listed.get(name)
     expected = entry.get("sha256") if isinstance(entry, dict) else None
-    if not isinstance(expected, str):
-        return ManifestCheck(
-            "unreadable", f"unreadable {MANIFEST_FILE} (no artifacts.{path.name}.sha256)"
-        )
-    actual = sha256 if sha256 is not None else file_sha256(path)
-    if actual != expected:
+    return expected if isinstance(expected, str) else None
+
+
+def _short(sha: str) -> str:
+    return f"{sha[:12]}…"
+
+
+def check_manifest(model: str | os.PathLike[str], sha256: str | None = None) -> ManifestCheck:
+    """Compare ``model`` with the manifest in its folder (``sha256``: the model's, if known).
+
+    The model is matched by content: in a folder with a manifest that lists a model, a
+    file of any name must have the sha256 of one of them. Its external data files (ONNX
+    tensors stored outside the model file) must each be listed with their sha256 too.
+    """
+    path = Path(model)
+    manifest_path = path.parent / MANIFEST_FILE
+    if not manifest_path.is_file():
+        return ManifestCheck("none", f"no {MANIFEST_FILE} beside the model")
+    found = _model_entries(manifest_path)
+    if isinstance(found, ManifestCheck):
+        return found
+    listed, models = found
+    if not models:
+        return ManifestCheck("none", f"{MANIFEST_FILE} lists no model ({', '.join(MODEL_FILES)})")
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        return ManifestCheck("unreadable", f"cannot read the model: {err.strerror or err}")
+    actual = sha256 if sha256 is not None else hashlib.sha256(data).hexdigest()
+    matches = [name for name, expected in models.items() if expected == actual]
+    if not matches:
+        if path.name in models:
+            return ManifestCheck(
+                "mismatch",
+                f"model changed since {MANIFEST_FILE} was written "
+                f"(sha256 {_short(actual)} != {_short(models[path.name])} recorded)",
+            )
         return ManifestCheck(
             "mismatch",
-            f"model changed since {MANIFEST_FILE} was written "
-            f"(sha256 {actual[:12]}… != {expected[:12]}… recorded)",
+            f"not a model {MANIFEST_FILE} lists: sha256 {_short(actual)} matches none of "
+            f"{', '.join(models)}",
         )
-    return ManifestCheck("ok", f"matches {MANIFEST_FILE}")
+    problem = _check_external_data(path, data, listed)
+    if problem is not None:
+        return ManifestCheck("mismatch", problem)
+    named = "" if path.name in matches else f" (as {matches[0]})"
+    return ManifestCheck("ok", f"matches {MANIFEST_FILE}{named}")
+
+
+def _check_external_data(path: Path, data: bytes, listed: dict[str, Any]) -> str | None:
+    """What is wrong with the external data of a model the manifest vouches for, if anything."""
+    try:
+        locations = external_data_locations(data)
+    except ValueError as err:
+        return f"cannot read the model to find its external data: {err}"
+    for location in locations:
+        if not inside_folder(location):
+            return f"external data {location!r} is not a file in the model's folder"
+        name = posixpath.normpath(location.replace("\\", "/"))
+        expected = _recorded_sha256(listed, name)
+        if expected is None:
+            return (
+                f"external data file {name} is not listed with its sha256 in {MANIFEST_FILE} "
+                "(every byte of the model must be)"
+            )
+        try:
+            actual = file_sha256(path.parent / name)
+        except OSError as err:
+            return f"cannot read external data file {name}: {err.strerror or err}"
+        if actual != expected:
+            return (
+                f"external data file {name} changed since {MANIFEST_FILE} was written "
+                f"(sha256 {_short(actual)} != {_short(expected)} recorded)"
+            )
+    return None

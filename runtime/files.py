@@ -12,7 +12,36 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_write", "atomic_write_bytes", "file_sha256"]
+__all__ = ["atomic_write", "atomic_write_bytes", "file_sha256", "remove_temporary_files"]
+
+#: Temporary files :func:`atomic_write` has open now (removed by a signal handler).
+_LIVE: set[str] = set()
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM for a moment, so a temporary file is never unregistered."""
+    import signal
+
+    if not hasattr(signal, "pthread_sigmask"):  # pragma: no cover - not POSIX
+        yield
+        return
+    held = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def remove_temporary_files() -> None:
+    """Remove the temporary files of every :func:`atomic_write` in progress.
+
+    For a signal handler that ends the process: their targets are left as they were.
+    """
+    for tmp in list(_LIVE):
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
 
 
 @contextlib.contextmanager
@@ -21,12 +50,15 @@ def atomic_write(
 ) -> Iterator[IO[Any]]:
     """Open a temporary file beside ``path``; on success rename it onto ``path``.
 
-    On any exception the temporary file is removed and ``path`` is left as it was.
+    On any exception the temporary file is removed and ``path`` is left as it was; a
+    signal handler that ends the process removes it with :func:`remove_temporary_files`.
     """
     import tempfile  # only when a file is written: keeps `pomona predict ... > out` quick to start
 
     target = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    with _signals_held():
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        _LIVE.add(tmp)
     try:
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; artifacts are meant to be shared
         with os.fdopen(fd, mode, **kwargs) as handle:
@@ -38,6 +70,8 @@ def atomic_write(
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+    finally:
+        _LIVE.discard(tmp)
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:

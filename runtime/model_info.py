@@ -13,6 +13,7 @@ from typing import Any
 from pomona.runtime.artifacts import check_manifest
 from pomona.runtime.errors import ArtifactError
 from pomona.runtime.files import file_sha256
+from pomona.runtime.onnx_proto import fields
 from pomona.runtime.predictor import Predictor
 
 __all__ = ["describe", "onnx_header"]
@@ -23,60 +24,23 @@ _IR_VERSION, _PRODUCER_NAME, _PRODUCER_VERSION, _OPSET_IMPORT = 1, 2, 3, 8
 _DOMAIN, _VERSION = 1, 2
 
 
-def _varint(data: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        if pos >= len(data) or shift > 63:
-            raise ValueError("truncated varint")
-        byte = data[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return result, pos
-        shift += 7
-
-
-def _fields(data: bytes) -> list[tuple[int, int | bytes]]:
-    """Top-level (field number, value) pairs of a protobuf message."""
-    fields: list[tuple[int, int | bytes]] = []
-    pos = 0
-    while pos < len(data):
-        key, pos = _varint(data, pos)
-        number, wire = key >> 3, key & 7
-        value: int | bytes
-        if wire == 0:
-            value, pos = _varint(data, pos)
-        elif wire == 2:
-            length, pos = _varint(data, pos)
-            value, pos = data[pos : pos + length], pos + length
-        elif wire in (1, 5):
-            size = 8 if wire == 1 else 4
-            value, pos = int.from_bytes(data[pos : pos + size], "little"), pos + size
-        else:
-            raise ValueError(f"unsupported wire type {wire}")
-        if pos > len(data):
-            raise ValueError("truncated message")
-        fields.append((number, value))
-    return fields
-
-
 def onnx_header(path: str | os.PathLike[str]) -> dict[str, Any]:
     """IR version, opsets (domain -> version) and producer of an ONNX file."""
     facts: dict[str, Any] = {"ir_version": None, "opset": {}, "producer": ""}
     try:
-        fields = _fields(Path(path).read_bytes())
+        top = list(fields(Path(path).read_bytes()))
     except ValueError:
         return facts
     producer = []
-    for number, value in fields:
+    for number, value in top:
         if number == _IR_VERSION and isinstance(value, int):
             facts["ir_version"] = value
-        elif number in (_PRODUCER_NAME, _PRODUCER_VERSION) and isinstance(value, bytes):
-            producer.append(value.decode("utf-8", "replace"))
-        elif number == _OPSET_IMPORT and isinstance(value, bytes):
-            opset = dict(_fields(value))
+        elif number in (_PRODUCER_NAME, _PRODUCER_VERSION) and isinstance(value, memoryview):
+            producer.append(bytes(value).decode("utf-8", "replace"))
+        elif number == _OPSET_IMPORT and isinstance(value, memoryview):
+            opset = dict(fields(value))
             domain = opset.get(_DOMAIN, b"")
-            domain_name = domain.decode() if isinstance(domain, bytes) else ""
+            domain_name = bytes(domain).decode() if isinstance(domain, memoryview) else ""
             facts["opset"][domain_name] = opset.get(_VERSION)
     facts["producer"] = " ".join(p for p in producer if p)
     return facts

@@ -13,8 +13,8 @@ from typing import Any
 
 import click
 
-from pomona.runtime.clikit import user_errors
-from pomona.runtime.data import DEFAULT_BATCH_SIZE, FORMATS
+from pomona.runtime.clikit import clean_up_on_signals, echo_data, user_errors
+from pomona.runtime.data import DEFAULT_BATCH_SIZE, FORMATS, MAX_LINE_BYTES
 
 __all__ = ["info", "predict"]
 
@@ -68,9 +68,18 @@ def _keep_columns(ctx: click.Context, param: click.Parameter, value: str | None)
     help="Input columns copied to the output before the predictions (e.g. an ID).",
 )
 @click.option(
+    "--max-line-bytes",
+    type=click.IntRange(min=1),
+    default=MAX_LINE_BYTES,
+    show_default=True,
+    help="Longest line (or quoted CSV record) of a CSV or JSON Lines input, in bytes; "
+    "a longer one is an error, so memory stays bounded whatever the input.",
+)
+@click.option(
     "--no-manifest-check",
     is_flag=True,
-    help="Use the model even if it differs from the manifest.json beside it.",
+    help="Use the model even if it differs from the manifest.json in its folder "
+    "(see docs/artifacts.md for what is still checked).",
 )
 @click.option(
     "--threads",
@@ -79,6 +88,7 @@ def _keep_columns(ctx: click.Context, param: click.Parameter, value: str | None)
     help="onnxruntime intra-op threads. Default: one per physical core.",
 )
 @user_errors
+@clean_up_on_signals
 def predict(
     model: str,
     input: str,
@@ -87,6 +97,7 @@ def predict(
     delimiter: str | None,
     batch_size: int,
     keep: list[str],
+    max_line_bytes: int,
     no_manifest_check: bool,
     threads: int | None,
 ) -> None:
@@ -99,6 +110,8 @@ def predict(
     content; .gz, .zst, .bz2 and .xz files are decompressed.
     Output columns: the --keep columns, then one column per model output.
     Floats are written in the shortest form that reads back as the same float32.
+    The output may not be the input file. On SIGINT or SIGTERM no output or
+    temporary file is left behind.
     """
     from pomona.runtime.data import predict_file
     from pomona.runtime.predictor import Predictor
@@ -109,6 +122,7 @@ def predict(
         "delimiter": "\t" if delimiter == "tab" else delimiter,
         "batch_size": batch_size,
         "keep": keep,
+        "max_line_bytes": max_line_bytes,
     }
     size = _file_size(input)
     if size is None or not sys.stderr.isatty():
@@ -140,14 +154,18 @@ def _file_size(path: str) -> int | None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 @user_errors
 def info(model: str, as_json: bool) -> None:
-    """Show what MODEL expects and returns, its metadata, opset and manifest status."""
+    """Show what MODEL expects and returns, its metadata, opset and manifest status.
+
+    MODEL is loaded as `pomona predict` loads it: a model whose output for one row
+    differs from the shape it declares is refused.
+    """
     from pomona.runtime.model_info import describe
 
     facts = describe(model)
     if as_json:
-        click.echo(json.dumps(facts, indent=2))
+        echo_data(json.dumps(facts, indent=2))
         return
-    click.echo(_render(facts))
+    echo_data(_render(facts))
 
 
 def _render(facts: dict[str, Any]) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import stat
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -63,9 +64,7 @@ class Predictor:
         providers: Sequence[str] | None = None,
     ) -> None:
         self.path = Path(model)
-        if not self.path.is_file():
-            what = "is a directory, not a model file" if self.path.is_dir() else "does not exist"
-            raise ArtifactError(f"{self.path}: model file {what}")
+        _require_readable(self.path)
         self.manifest_checked = False
         if check_manifest:
             self.manifest_checked = self._check_manifest()
@@ -86,6 +85,28 @@ class Predictor:
         self.n_features: int = len(self.feature_names)
         self.n_targets: int = len(self.target_names)
         self._expected = f"{self.n_features} features ({', '.join(self.feature_names)})"
+        self._check_output()
+
+    def _check_output(self) -> None:
+        """Run one row of zeros: the model must return ``[1, T]`` float32, as it declares.
+
+        onnxruntime does not hold a model to its declared output shape, and a model whose
+        real width differs would write more values than header columns.
+        """
+        try:
+            out = self.predict(np.zeros((1, self.n_features), dtype=np.float32))
+        except Exception as err:  # onnxruntime raises its own untyped errors
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ArtifactError(f"{self.path}: the model fails on one row of zeros: {reason}") from err
+        expected = (1, self.n_targets)
+        if getattr(out, "shape", None) != expected or getattr(out, "dtype", None) != _FLOAT32:
+            shape = list(getattr(out, "shape", ()))
+            raise ArtifactError(
+                f"{self.path}: output {self.output_name!r} declares {self.n_targets} target(s) "
+                f"({', '.join(self.target_names)}), but for one row the model returns "
+                f"{getattr(out, 'dtype', type(out).__name__)} of shape {shape}, "
+                f"not float32 of shape {list(expected)}; export it again"
+            )
 
     def _check_manifest(self) -> bool:
         """True when the manifest beside the model vouches for it; raise when it refuses it."""
@@ -117,8 +138,15 @@ class Predictor:
     # -- prediction ------------------------------------------------------------------------
 
     def predict(self, x: ArrayLike) -> np.ndarray:
-        """Predict ``[n, T]`` float32 from ``[n, F]`` (or one row ``[F]``) numbers."""
+        """Predict ``[n, T]`` float32 from ``[n, F]`` (or one row ``[F]``) numbers.
+
+        A table with column names (a mapping, pandas DataFrame, pyarrow Table or
+        RecordBatch) is matched by name, as :meth:`predict_columns` does; only a bare array
+        (or nested lists) is taken by position.
+        """
         if type(x) is not np.ndarray or x.dtype is not _FLOAT32:
+            if _is_table(x):
+                return self.predict_columns(x)
             x = self._as_float32(np.asarray(x))
         shape = x.shape
         if len(shape) != 2 or shape[1] != self.n_features or not shape[0]:
@@ -191,6 +219,31 @@ class Predictor:
             f"non-finite value {arr[row, col]} at row {row}, feature {self.feature_names[col]!r}"
             f" ({len(bad)} non-finite value(s) in all); expected finite numbers"
         )
+
+
+def _require_readable(path: Path) -> None:
+    """ArtifactError unless ``path`` is a regular file this process can read."""
+    try:
+        mode = path.stat().st_mode
+        if stat.S_ISDIR(mode):
+            raise ArtifactError(f"{path}: model file is a directory, not a model file")
+        if not stat.S_ISREG(mode):
+            raise ArtifactError(f"{path}: model file is not a regular file")
+        with open(path, "rb") as handle:
+            handle.read(1)
+    except FileNotFoundError:
+        raise ArtifactError(f"{path}: model file does not exist") from None
+    except OSError as err:
+        raise ArtifactError(f"{path}: cannot read the model file: {err.strerror or err}") from None
+
+
+def _is_table(x: Any) -> bool:
+    """Whether ``x`` names its columns: a mapping, DataFrame, or pyarrow table or batch."""
+    if isinstance(x, Mapping):
+        return True
+    return not isinstance(x, np.ndarray) and (
+        hasattr(x, "column_names") or (hasattr(x, "columns") and hasattr(x, "dtypes"))
+    )
 
 
 def _column_names(columns: Any) -> Any:

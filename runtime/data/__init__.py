@@ -16,11 +16,12 @@ from pomona.runtime.data.formats import FORMATS, Format, format_for
 from pomona.runtime.data.numbers import format_float32
 from pomona.runtime.data.pipeline import predict_file
 from pomona.runtime.data.reading import DEFAULT_BATCH_SIZE, open_batches, read_numbers
-from pomona.runtime.data.source import SMALL_INPUT, arrow_available
+from pomona.runtime.data.source import MAX_LINE_BYTES, SMALL_INPUT, arrow_available
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
     "FORMATS",
+    "MAX_LINE_BYTES",
     "SMALL_INPUT",
     "Batch",
     "Format",

@@ -70,6 +70,7 @@ def read_jsonl(source: Source, spec: Spec, batch_size: int) -> Iterator[Batch]:
     name = source.name
     if not source.head.strip():
         raise messages.empty_file(name, "JSON objects, one per line")
+    decode(source.head[: source.head.find(b"\x00") + 1], name, 1)  # binary: refused at once
     skip = len(source.head) - len(strip_bom(source.head))
     row = 1
     for block in blocks(source, _BLOCK, skip=skip):

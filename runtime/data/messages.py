@@ -16,6 +16,7 @@ __all__ = [
     "at",
     "empty_cell",
     "empty_file",
+    "line_too_long",
     "no_column",
     "no_rows",
     "not_a_number",
@@ -73,6 +74,21 @@ def not_utf8(where: str, byte: int) -> DataError:
     return DataError(
         f"{where}: not UTF-8 text (byte 0x{byte:02x}); save the file as UTF-8 "
         "(e.g. iconv -f latin1 -t utf-8)"
+    )
+
+
+def size_text(n: int) -> str:
+    """``16 MiB``, ``64 KiB`` or ``1000 bytes``."""
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift and n % (1 << shift) == 0:
+            return f"{n >> shift} {unit}"
+    return f"{n} bytes"
+
+
+def line_too_long(where: str, limit: int) -> DataError:
+    return DataError(
+        f"{where}: a line longer than {size_text(limit)} ({limit} bytes), the limit; "
+        "raise it with --max-line-bytes"
     )
 
 

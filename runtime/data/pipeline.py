@@ -8,6 +8,7 @@ pyarrow formats one block while the next is parsed and predicted).
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -19,6 +20,7 @@ from pomona.runtime.data import messages
 from pomona.runtime.data.columns import Batch, Spec
 from pomona.runtime.data.formats import FORMATS, format_for
 from pomona.runtime.data.reading import DEFAULT_BATCH_SIZE, open_batches
+from pomona.runtime.data.source import MAX_LINE_BYTES
 from pomona.runtime.errors import DataError, InputError
 from pomona.runtime.files import atomic_write
 
@@ -28,8 +30,13 @@ __all__ = ["predict_file"]
 @contextlib.contextmanager
 def _open_output(path: str) -> Iterator[IO[bytes]]:
     if path == "-":
-        yield sys.stdout.buffer
-        sys.stdout.buffer.flush()
+        try:
+            yield sys.stdout.buffer
+            sys.stdout.buffer.flush()
+        except OSError as err:
+            if isinstance(err, BrokenPipeError):  # the reader has gone: see clikit
+                raise
+            raise DataError(f"<stdout>: cannot write: {err.strerror or err}") from None
         return
     target = Path(path)
     if target.is_dir():
@@ -41,6 +48,21 @@ def _open_output(path: str) -> Iterator[IO[bytes]]:
         if isinstance(err, BrokenPipeError):
             raise
         raise DataError(f"{path}: cannot write: {err.strerror or err}") from None
+
+
+def _refuse_same_file(input_path: str, output_path: str) -> None:
+    """DataError when the output is the input file (by any name: links, symlinks)."""
+    if "-" in (input_path, output_path):
+        return
+    try:
+        same = os.path.samefile(input_path, output_path)
+    except OSError:  # one of them does not exist (yet)
+        return
+    if same:
+        raise DataError(
+            f"{output_path}: is the input file {input_path}; "
+            "write the predictions to another file"
+        )
 
 
 def _check_options(fmt: str, keep: Sequence[str], targets: Sequence[str]) -> None:
@@ -65,20 +87,25 @@ def predict_file(
     keep: Sequence[str] = (),
     delimiter: str | None = None,
     progress: Callable[[int, int | None], None] | None = None,
+    max_line_bytes: int = MAX_LINE_BYTES,
 ) -> int:
     """Predict every row of ``input_path`` into ``output_path``; return the number of rows.
 
     ``output_format`` defaults to the output's extension, else CSV. A failure anywhere
     raises :class:`DataError` (or :class:`~pomona.runtime.errors.InputError`) and leaves
-    no output file. ``progress(bytes_read, total_bytes)`` is called after each batch.
+    no output file; so does an output that is the input file. A text line longer than
+    ``max_line_bytes`` is refused, so memory stays bounded whatever the input.
+    ``progress(bytes_read, total_bytes)`` is called after each batch.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     fmt = output_format or format_for(output_path) or "csv"
     keep = list(dict.fromkeys(keep))
     _check_options(fmt, keep, predictor.target_names)
+    _refuse_same_file(input_path, output_path)
     spec = Spec.of(predictor.feature_names, keep, positional=True, delimiter=delimiter)
-    with open_batches(input_path, spec, batch_size) as (source, _, batches):
+    opened = open_batches(input_path, spec, batch_size, max_line_bytes=max_line_bytes)
+    with opened as (source, _, batches):
         first = next(batches, None)
         if first is None:
             raise messages.no_rows(source.name)

@@ -11,7 +11,7 @@ import numpy as np
 from pomona.runtime.data import messages
 from pomona.runtime.data.columns import Batch, Spec
 from pomona.runtime.data.formats import FORMATS, Format, sniff
-from pomona.runtime.data.source import Source, open_source
+from pomona.runtime.data.source import MAX_LINE_BYTES, Source, open_source
 from pomona.runtime.errors import DataError
 
 __all__ = ["DEFAULT_BATCH_SIZE", "open_batches", "read_numbers"]
@@ -26,12 +26,15 @@ def open_batches(
     spec: Spec,
     batch_size: int = DEFAULT_BATCH_SIZE,
     input_format: str | None = None,
+    *,
+    max_line_bytes: int = MAX_LINE_BYTES,
 ) -> Iterator[tuple[Source, Format, Iterator[Batch]]]:
     """Open ``path`` (``-`` for stdin): its source, format and batches (read lazily).
 
-    Every problem with the data raises :class:`DataError` while the batches are read.
+    Every problem with the data raises :class:`DataError` while the batches are read,
+    among them a text line longer than ``max_line_bytes``.
     """
-    with contextlib.closing(open_source(path)) as source:
+    with contextlib.closing(open_source(path, max_line_bytes)) as source:
         fmt = FORMATS[input_format] if input_format else sniff(source)
         if spec.keep and not fmt.named_columns:
             raise DataError(f"{source.name}: --keep needs named columns; .{fmt.name} has none")

@@ -15,12 +15,22 @@ from typing import IO, Any
 
 from pomona.runtime.errors import DataError
 
-__all__ = ["COMPRESSIONS", "SMALL_INPUT", "Source", "arrow_available", "open_source"]
+__all__ = [
+    "COMPRESSIONS",
+    "MAX_LINE_BYTES",
+    "SMALL_INPUT",
+    "Source",
+    "arrow_available",
+    "open_source",
+]
 
 #: Inputs no larger than this are read without pyarrow.
 SMALL_INPUT = 1 << 20
 #: Bytes read ahead to recognise an input (and its header line).
 HEAD_BYTES = 1 << 20
+#: The longest line (or quoted CSV record) a text input may have, unless told otherwise:
+#: memory stays bounded even for an input without line breaks.
+MAX_LINE_BYTES = 16 << 20
 
 # compression -> (file extension, first bytes of such a file)
 COMPRESSIONS: dict[str, tuple[str, bytes]] = {
@@ -122,13 +132,22 @@ class _Prefixed:
 class Source:
     """Decompressed bytes of one input, its first bytes read ahead.
 
-    ``path`` is None for stdin; ``compression`` is None for plain files.
+    ``path`` is None for stdin; ``compression`` is None for plain files. ``max_line`` is
+    the longest line (in bytes) a text reader accepts.
     """
 
-    def __init__(self, name: str, path: str | None, raw: IO[bytes], size: int | None) -> None:
+    def __init__(
+        self,
+        name: str,
+        path: str | None,
+        raw: IO[bytes],
+        size: int | None,
+        max_line: int = MAX_LINE_BYTES,
+    ) -> None:
         self.name = name
         self.path = path
         self.size = size
+        self.max_line = max_line
         self._raw = raw
         magic = raw.read(6)
         self.compression = compression_of(path or "") or next(
@@ -172,11 +191,13 @@ class Source:
             self._raw.close()
 
 
-def open_source(path: str | os.PathLike[str]) -> Source:
+def open_source(path: str | os.PathLike[str], max_line: int = MAX_LINE_BYTES) -> Source:
     """Open a file (``-`` for stdin); DataError when it is missing or unreadable."""
     name = os.fspath(path)
+    if max_line < 1:
+        raise ValueError(f"max_line must be >= 1, got {max_line}")
     if name == "-":
-        return Source("<stdin>", None, sys.stdin.buffer, None)
+        return Source("<stdin>", None, sys.stdin.buffer, None, max_line)
     try:
         handle = open(name, "rb")  # noqa: SIM115 - owned by the Source
     except FileNotFoundError:
@@ -186,7 +207,7 @@ def open_source(path: str | os.PathLike[str]) -> Source:
     except OSError as err:
         raise DataError(f"{name}: cannot read it: {err.strerror or err}") from None
     try:
-        return Source(name, name, handle, os.fstat(handle.fileno()).st_size)
+        return Source(name, name, handle, os.fstat(handle.fileno()).st_size, max_line)
     except BaseException:
         handle.close()
         raise

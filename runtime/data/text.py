@@ -42,29 +42,76 @@ def strip_bom(data: bytes) -> bytes:
     return data[len(_BOM) :] if data.startswith(_BOM) else data
 
 
+#: Bytes read from the source at a time while a block is gathered.
+_STEP = 1 << 22
+
+
 def blocks(
     source: Source, size: int, *, skip: int = 0, quotes: bool = False, first_line: int = 1
 ) -> Iterator[Block]:
     """The input after its first ``skip`` bytes, cut after a newline every ~``size`` bytes.
 
     With ``quotes``, a cut never falls inside a double-quoted CSV field (the count of
-    ``"`` before it is even), so a quoted field may hold line breaks.
+    ``"`` before it is even), so a quoted field may hold line breaks. A line (or quoted
+    record) longer than ``source.max_line`` raises DataError as soon as it is seen, so
+    memory stays within about ``size + source.max_line`` whatever the input.
     """
     if skip:
         source.read(skip)
-    line = first_line
-    pending = b""
+    step = max(1, min(size, _STEP))
+    buf = bytearray()
+    line = first_line  # the line buf[0] is on
+    cut = 0  # end of the last whole line (or record) in buf
+    odd = False  # quotes: whether buf holds an odd number of '"'
     while True:
-        data = source.read(size)
+        data = source.read(step)
         if not data:
             break
-        data = pending + data
-        cut = data.rfind(b"\n") + 1
-        if cut == 0 or (quotes and data.count(b'"', 0, cut) % 2):
-            pending = data  # a line longer than the block, or inside a quoted field
-            continue
-        chunk, pending = data[:cut], data[cut:]
-        yield Block(chunk, line)
-        line += chunk.count(b"\n")
-    if pending.strip():
-        yield Block(pending, line)
+        start = len(buf)
+        buf += data
+        if quotes:
+            cut, odd = _quoted_cut(buf, start, cut, odd)
+        else:
+            cut = max(cut, buf.rfind(b"\n", start) + 1)
+        if len(buf) - cut > source.max_line:
+            where = messages.at(source.name, line + buf.count(b"\n", 0, cut))
+            raise messages.line_too_long(where, source.max_line)
+        if cut and len(buf) >= size:
+            chunk = _take(buf, cut)
+            yield Block(chunk, line)
+            line += chunk.count(b"\n")
+            cut = 0
+    if buf.strip():
+        yield Block(bytes(buf), line)
+
+
+def _quoted_cut(buf: bytearray, start: int, cut: int, odd: bool) -> tuple[int, bool]:
+    """The last newline of ``buf`` outside quotes (at or after ``start``, else ``cut``),
+    and whether ``buf`` holds an odd number of quotes; ``odd``: the same for ``buf[:start]``.
+
+    Walks back from the last newline, over the last quote before each candidate, so every
+    byte is counted once.
+    """
+    total = odd ^ bool(buf.count(b'"', start) & 1)
+    candidate = buf.rfind(b"\n", start) + 1
+    if candidate == 0:
+        return cut, total
+    inside = total ^ bool(buf.count(b'"', candidate) & 1)  # parity of buf[:candidate]
+    while inside:
+        quote = buf.rfind(b'"', start, candidate)
+        if quote < 0:
+            return cut, total
+        earlier = buf.rfind(b"\n", start, quote) + 1
+        if earlier == 0:
+            return cut, total
+        inside ^= bool(buf.count(b'"', earlier, candidate) & 1)
+        candidate = earlier
+    return candidate, total
+
+
+def _take(buf: bytearray, n: int) -> bytes:
+    """The first ``n`` bytes of ``buf``, removed from it."""
+    with memoryview(buf) as view:
+        chunk = bytes(view[:n])
+    del buf[:n]
+    return chunk
