@@ -29,8 +29,8 @@ def _keep_columns(ctx: click.Context, param: click.Parameter, value: str | None)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("model", type=click.Path(dir_okay=False))
-@click.argument("input", type=click.Path(dir_okay=False, allow_dash=True))
+@click.argument("model", type=click.Path(dir_okay=False, readable=False))
+@click.argument("input", type=click.Path(dir_okay=False, readable=False, allow_dash=True))
 @click.option(
     "-o",
     "--output",
@@ -150,7 +150,7 @@ def _file_size(path: str) -> int | None:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("model", type=click.Path(dir_okay=False, readable=False))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 @user_errors
 def info(model: str, as_json: bool) -> None:

@@ -9,8 +9,10 @@ column of the first problem (or accepts the block, with the same values).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import csv
+import functools
 import io
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -41,8 +43,16 @@ class Header:
     delimiter: str
     size: int  # bytes up to the first data line (BOM and line break included)
 
+    @functools.cached_property
+    def _positions(self) -> dict[str, int]:
+        """Each name's first position, found in one pass (a header may have 100k columns)."""
+        positions: dict[str, int] = {}
+        for i, name in enumerate(self.names):
+            positions.setdefault(name, i)
+        return positions
+
     def index(self, column: str) -> int:
-        return self.names.index(column)
+        return self._positions[column]
 
 
 def _delimiter(line: str, source: Source, given: str | None) -> str:
@@ -76,8 +86,9 @@ def read_header(source: Source, spec: Spec) -> Header:
         names = [n.strip() for n in next(csv.reader([line], delimiter=delimiter))]
     except (csv.Error, StopIteration) as err:
         raise DataError(f"{name}, line 1: not a CSV header line: {err}") from None
+    counts = collections.Counter(names)  # one pass: linear in the number of columns
     for column in spec.wanted:
-        count = names.count(column)
+        count = counts[column]
         if count == 0:
             raise messages.no_column(messages.at(name, 1), column, names, delimiter)
         if count > 1:

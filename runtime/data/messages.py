@@ -26,6 +26,7 @@ __all__ = [
     "repeated_column",
 ]
 
+_LISTED = 20  # columns named in a message; a header may have 100k
 _DELIMITER_NAMES = {",": "','", ";": "';'", "\t": "tab", "|": "'|'"}
 
 
@@ -55,7 +56,10 @@ def no_column(
     where: str, column: str, present: Sequence[str], delimiter: str | None = None
 ) -> DataError:
     """A wanted column is not there; for CSV, ``delimiter`` is the one the header was split at."""
-    found = ", ".join(present) if present else "none"
+    shown = list(present[:_LISTED])
+    found = ", ".join(shown) if shown else "none"
+    if len(present) > _LISTED:
+        found += f", ... ({len(present)} in all)"
     if delimiter is None:
         return DataError(f"{where}: no column '{column}' (columns: {found})")
     split = f"; split at {delimiter_name(delimiter)}"
@@ -96,12 +100,15 @@ def empty_cell(where: str, what: str = "empty cell") -> DataError:
     return DataError(f"{where}: {what}, expected a number")
 
 
-def not_a_number(where: str, text: object) -> DataError:
+def _shown(text: object) -> str:
+    """A cell as quoted in a message: at most 40 characters (a cell may be megabytes)."""
     shown = text if isinstance(text, str) else str(text)
-    if len(shown) > 40:
-        shown = shown[:37] + "..."
-    return DataError(f"{where}: {shown!r} is not a number")
+    return repr(shown[:37] + "..." if len(shown) > 40 else shown)
+
+
+def not_a_number(where: str, text: object) -> DataError:
+    return DataError(f"{where}: {_shown(text)} is not a number")
 
 
 def not_finite(where: str, text: object) -> DataError:
-    return DataError(f"{where}: {str(text)!r} is not a finite float32 number")
+    return DataError(f"{where}: {_shown(text)} is not a finite float32 number")

@@ -78,11 +78,36 @@ def blocks(
             raise messages.line_too_long(where, source.max_line)
         if cut and len(buf) >= size:
             chunk = _take(buf, cut)
+            _check_lines(chunk, line, quotes, source)
             yield Block(chunk, line)
             line += chunk.count(b"\n")
             cut = 0
     if buf.strip():
+        _check_lines(bytes(buf), line, quotes, source)
         yield Block(bytes(buf), line)
+
+
+def _check_lines(chunk: bytes, line: int, quotes: bool, source: Source) -> None:
+    """DataError when a line (a record, with ``quotes``) of ``chunk`` is over the limit.
+
+    Only a block longer than the limit can hold such a line; it is scanned with numpy.
+    """
+    limit = source.max_line
+    if len(chunk) <= limit:
+        return
+    import numpy as np
+
+    data = np.frombuffer(chunk, dtype=np.uint8)
+    ends = np.flatnonzero(data == ord("\n"))
+    if quotes:  # a newline inside a quoted field does not end a record
+        before = np.searchsorted(np.flatnonzero(data == ord('"')), ends)
+        ends = ends[before % 2 == 0]
+    starts = np.concatenate(([0], ends + 1))
+    lengths = np.concatenate((ends, [len(chunk)])) - starts  # without the newline
+    longest = int(np.argmax(lengths))
+    if lengths[longest] > limit:
+        where = messages.at(source.name, line + chunk.count(b"\n", 0, int(starts[longest])))
+        raise messages.line_too_long(where, limit)
 
 
 def _quoted_cut(buf: bytearray, start: int, cut: int, odd: bool) -> tuple[int, bool]:
