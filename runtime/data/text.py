@@ -73,7 +73,8 @@ def blocks(
             cut, odd = _quoted_cut(buf, start, cut, odd)
         else:
             cut = max(cut, buf.rfind(b"\n", start) + 1)
-        if len(buf) - cut > source.max_line:
+        if len(buf) - cut > source.max_line:  # an earlier line over the limit is named first
+            _check_lines(bytes(buf[:cut]), line, quotes, source)
             where = messages.at(source.name, line + buf.count(b"\n", 0, cut))
             raise messages.line_too_long(where, source.max_line)
         if cut and len(buf) >= size:
@@ -104,9 +105,9 @@ def _check_lines(chunk: bytes, line: int, quotes: bool, source: Source) -> None:
         ends = ends[before % 2 == 0]
     starts = np.concatenate(([0], ends + 1))
     lengths = np.concatenate((ends, [len(chunk)])) - starts  # without the newline
-    longest = int(np.argmax(lengths))
-    if lengths[longest] > limit:
-        where = messages.at(source.name, line + chunk.count(b"\n", 0, int(starts[longest])))
+    over = np.flatnonzero(lengths > limit)
+    if over.size:
+        where = messages.at(source.name, line + chunk.count(b"\n", 0, int(starts[over[0]])))
         raise messages.line_too_long(where, limit)
 
 
