@@ -96,8 +96,10 @@ class Predictor:
         try:
             out = self.predict(np.zeros((1, self.n_features), dtype=np.float32))
         except Exception as err:  # onnxruntime raises its own untyped errors
-            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise ArtifactError(f"{self.path}: the model fails on one row of zeros: {reason}") from err
+            reason = (str(err).strip() or type(err).__name__).splitlines()[0]
+            raise ArtifactError(
+                f"{self.path}: the model fails on one row of zeros: {reason}"
+            ) from None
         expected = (1, self.n_targets)
         if getattr(out, "shape", None) != expected or getattr(out, "dtype", None) != _FLOAT32:
             shape = list(getattr(out, "shape", ()))

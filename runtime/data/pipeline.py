@@ -60,8 +60,7 @@ def _refuse_same_file(input_path: str, output_path: str) -> None:
         return
     if same:
         raise DataError(
-            f"{output_path}: is the input file {input_path}; "
-            "write the predictions to another file"
+            f"{output_path}: is the input file {input_path}; write the predictions to another file"
         )
 
 

@@ -135,10 +135,8 @@ def test_the_limit_is_an_option_and_names_the_line(folder: Path, size: str) -> N
     body = "1,2,3\n" * rows + "1,2,3." + "0" * 5000 + "\n" + "4,5,6\n" * rows
     (folder / "long.csv").write_text("temp,rainfall,humidity\n" + body)
     before = _files(folder)
-    done = run_pomona(
-        "predict", "model.onnx", "long.csv", "-o", "out.csv", "--max-line-bytes", "4096",
-        cwd=folder,
-    )
+    args = ["predict", "model.onnx", "long.csv", "-o", "out.csv", "--max-line-bytes"]
+    done = run_pomona(*args, "4096", cwd=folder)
     assert done.returncode == 1
     _one_error_line(
         done.stderr,
@@ -146,10 +144,7 @@ def test_the_limit_is_an_option_and_names_the_line(folder: Path, size: str) -> N
         "raise it with --max-line-bytes",
     )
     assert _files(folder) == before
-    done = run_pomona(
-        "predict", "model.onnx", "long.csv", "-o", "out.csv", "--max-line-bytes", "8192",
-        cwd=folder,
-    )
+    done = run_pomona(*args, "8192", cwd=folder)
     assert done.returncode == 0, done.stderr
     assert (folder / "out.csv").read_text().count("\n") == 2 * rows + 2
 
@@ -250,8 +245,13 @@ def test_stdout_to_a_full_disk(folder: Path, args: list[str]) -> None:
     before = _files(folder)
     with open("/dev/full", "w") as full:
         done = subprocess.run(
-            [*POMONA, *args], stdout=full, stderr=subprocess.PIPE, text=True, cwd=folder,
-            timeout=SUBPROCESS_TIMEOUT, check=False,
+            [*POMONA, *args],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=folder,
+            timeout=SUBPROCESS_TIMEOUT,
+            check=False,
         )
     assert done.returncode == 1
     assert done.stderr == "Error: <stdout>: cannot write: No space left on device\n"
@@ -296,7 +296,7 @@ def test_an_unreadable_model(folder: Path, command: str) -> None:
             capture_output=True,
             text=True,
             cwd=folder,
-            preexec_fn=_without_read_override if os.geteuid() == 0 else None,  # noqa: PLW1509
+            preexec_fn=_without_read_override if os.geteuid() == 0 else None,
             timeout=SUBPROCESS_TIMEOUT,
             check=False,
         )

@@ -69,7 +69,7 @@ def test_an_unlisted_model_beside_a_manifest_is_refused(tmp_path: Path) -> None:
     check = check_manifest(evil)
     assert check.status == "mismatch" and check.refused
     assert "matches none of model.onnx" in check.detail
-    with pytest.raises(ArtifactError, match="not a model manifest.json lists"):
+    with pytest.raises(ArtifactError, match=r"not a model manifest\.json lists"):
         Predictor(evil)
     assert describe(evil)["manifest"]["status"] == "mismatch"
     _predict_refused(evil, "not a model manifest.json lists")
@@ -198,6 +198,20 @@ def test_a_wrong_output_width_is_refused_at_load(tmp_path: Path) -> None:
         result = CliRunner().invoke(info, args)
         assert result.exit_code == 1 and message in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_a_model_that_fails_on_one_row_is_refused_at_load(tmp_path: Path) -> None:
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["features", "shape"], ["predictions"])],
+        "g",
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", 3])],
+        [helper.make_tensor_value_info("predictions", TensorProto.FLOAT, ["batch", 3])],
+        initializer=[numpy_helper.from_array(np.array([2, 3], np.int64), "shape")],
+    )
+    model = tmp_path / ONNX_FILE
+    onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), model)
+    with pytest.raises(ArtifactError, match="the model fails on one row of zeros: "):
+        Predictor(model)
 
 
 def test_the_declared_width_passes(tmp_path: Path) -> None:
