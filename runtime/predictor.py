@@ -34,16 +34,19 @@ class Predictor:
     """An ONNX regression model: ``[n, F]`` float32 features in, ``[n, T]`` float32 out.
 
     A model whose ``pomona.format`` this runtime does not read is refused; one without
-    that metadata (a plain ONNX file) is taken as it is, its names by position.
+    that metadata (a plain ONNX file) is taken as it is, its names by position. At load
+    one row of zeros is run: a model whose real output is not the float32 ``[1, T]`` it
+    declares is refused (:class:`~pomona.runtime.errors.ArtifactError`).
 
     Parameters
     ----------
     model:
         Path to ``model.onnx``.
     check_manifest:
-        When ``manifest.json`` sits beside the model and lists it, refuse a model whose
-        sha256 differs from the one recorded there, or a manifest that cannot be read
-        (:func:`pomona.runtime.artifacts.check_manifest`).
+        When a ``manifest.json`` in the model's folder lists a model, refuse this model
+        unless its content (whatever its file name) and every external data file it
+        points to match the sha256 recorded there; refuse a manifest that cannot be
+        read (:func:`pomona.runtime.artifacts.check_manifest`).
     intra_op_threads:
         Threads onnxruntime uses inside one call (``None``: onnxruntime's default,
         one per physical core).
