@@ -11,7 +11,6 @@ command.
 from __future__ import annotations
 
 import contextlib
-import errno
 import functools
 import os
 import signal
@@ -23,7 +22,7 @@ from typing import ParamSpec, TypeVar
 
 import click
 
-from pomona.runtime.errors import DataError, PomonaError
+from pomona.runtime.errors import PomonaError, stdout_error
 from pomona.runtime.files import remove_temporary_files
 
 __all__ = ["clean_up_on_signals", "echo_data", "say", "user_errors"]
@@ -41,17 +40,12 @@ def say(message: str) -> None:
 
 
 def echo_data(text: str) -> None:
-    """Print ``text`` (data) on stdout; DataError when stdout cannot be written.
-
-    A closed pipe (EPIPE) is passed on: click ends the command quietly.
-    """
+    """Print ``text`` (data) on stdout; DataError when stdout cannot be written."""
     try:
         click.echo(text)
         sys.stdout.flush()
     except OSError as err:
-        if err.errno == errno.EPIPE:
-            raise
-        raise DataError(f"<stdout>: cannot write: {err.strerror or err}") from None
+        raise stdout_error(err) from None
 
 
 def _stdout_broken() -> bool:
@@ -70,9 +64,8 @@ def _stdout_broken() -> bool:
 def user_errors(fn: Callable[P, R]) -> Callable[P, R]:
     """Turn a :class:`PomonaError` into one ``Error: ...`` line and exit status 1.
 
-    Stdout is then pointed at /dev/null if it cannot be written (a full disk), so that
-    only the one line is printed; a closed pipe (EPIPE) is left to click, which exits
-    quietly with status 1.
+    Stdout is then pointed at /dev/null if it cannot be written (a full disk, a closed
+    pipe), so that only the one line is printed.
     """
 
     @functools.wraps(fn)

@@ -6,11 +6,14 @@ exit code, and only the HTTP layer turns them into a status and ``{"error": ...}
 
 from __future__ import annotations
 
+import errno
+
 __all__ = [
     "ArtifactError",
     "DataError",
     "InputError",
     "PomonaError",
+    "stdout_error",
 ]
 
 
@@ -35,3 +38,10 @@ class ArtifactError(PomonaError):
     """A checkpoint or model file is missing, corrupt, of another format, or changed."""
 
     http_status = 500
+
+
+def stdout_error(err: OSError) -> DataError:
+    """The one message for output that stdout did not take: a closed pipe or a full disk."""
+    if err.errno == errno.EPIPE:
+        return DataError("<stdout>: the reader closed the pipe before all output was written")
+    return DataError(f"<stdout>: cannot write: {err.strerror or err}")

@@ -21,7 +21,7 @@ from pomona.runtime.data.columns import Batch, Spec
 from pomona.runtime.data.formats import FORMATS, format_for
 from pomona.runtime.data.reading import DEFAULT_BATCH_SIZE, open_batches
 from pomona.runtime.data.source import MAX_LINE_BYTES
-from pomona.runtime.errors import DataError, InputError
+from pomona.runtime.errors import DataError, InputError, stdout_error
 from pomona.runtime.files import atomic_write
 
 __all__ = ["predict_file"]
@@ -34,9 +34,7 @@ def _open_output(path: str) -> Iterator[IO[bytes]]:
             yield sys.stdout.buffer
             sys.stdout.buffer.flush()
         except OSError as err:
-            if isinstance(err, BrokenPipeError):  # the reader has gone: see clikit
-                raise
-            raise DataError(f"<stdout>: cannot write: {err.strerror or err}") from None
+            raise stdout_error(err) from None
         return
     target = Path(path)
     if target.is_dir():

@@ -259,8 +259,8 @@ def test_stdout_to_a_full_disk(folder: Path, args: list[str]) -> None:
 
 
 @pytest.mark.parametrize("rows", [2, 200_000])
-def test_stdout_to_a_closed_pipe_ends_quietly(folder: Path, rows: int) -> None:
-    """Like ``pomona predict ... | head -c0``: no message (the reader chose to stop), status 1."""
+def test_stdout_to_a_closed_pipe_is_one_error_line(folder: Path, rows: int) -> None:
+    """Like ``pomona predict ... | head -c0``: one line that says why the output stopped."""
     (folder / "many.csv").write_text("temp,rainfall,humidity\n" + "1,2,3\n" * rows)
     before = _files(folder)
     with subprocess.Popen(
@@ -272,7 +272,8 @@ def test_stdout_to_a_closed_pipe_ends_quietly(folder: Path, rows: int) -> None:
         assert command.stdout is not None and command.stderr is not None
         command.stdout.close()
         status = command.wait(timeout=SUBPROCESS_TIMEOUT)
-        assert (status, command.stderr.read()) == (1, b"")
+        message = b"Error: <stdout>: the reader closed the pipe before all output was written\n"
+        assert (status, command.stderr.read()) == (1, message)
     assert _files(folder) == before
 
 
