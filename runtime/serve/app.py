@@ -16,6 +16,7 @@ from importlib.metadata import PackageNotFoundError, version
 from time import perf_counter
 from typing import Any
 
+import numpy as np
 import orjson
 import prometheus_client
 
@@ -103,7 +104,7 @@ class InferenceApp:
         self.metrics = metrics_for_process(registry)
         self._access = access
         self._io = ModelIO(predictor.input_name, predictor.output_name, predictor.n_features)
-        self._batcher = MicroBatcher(predictor.predict) if micro_batch else None
+        self._batcher = MicroBatcher(self._predict) if micro_batch else None
         self._server_metadata = orjson.dumps(
             {"name": SERVER_NAME, "version": _pomona_version(), "extensions": [BINARY_EXTENSION]}
         )
@@ -234,6 +235,11 @@ class InferenceApp:
         content_type, body = self.metrics.exposition()
         return 200, content_type, body, _NO_HEADERS
 
+    def _predict(self, features: np.ndarray) -> np.ndarray:
+        """One model call, counted (``pomona_model_calls``: below the requests when batched)."""
+        self.metrics.model_calls += 1
+        return self.predictor.predict(features)
+
     async def _infer(self, scope: Scope, receive: Receive) -> Response:
         content_length, header_length, encoding = infer_headers(scope["headers"])
         body = await read_body(receive, content_length, encoding, self.max_body_size, scope)
@@ -242,7 +248,7 @@ class InferenceApp:
         if self._batcher is not None and len(features) <= BATCH_ROWS:
             predictions = await self._batcher.predict(features)
         else:
-            predictions = self.predictor.predict(features)
+            predictions = self._predict(features)
         self.metrics.rows += len(predictions)
         payload, json_length = encode_response(
             predictions,

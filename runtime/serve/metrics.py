@@ -38,6 +38,9 @@ LATENCY_BUCKETS = (
 )  # fmt: skip
 
 
+_MODEL_CALLS_HELP = "onnxruntime calls; fewer than infer requests when micro-batching merges them."
+
+
 class Metrics:
     """Requests, latency, rows and requests in flight, registered in ``registry``.
 
@@ -49,6 +52,7 @@ class Metrics:
     def __init__(self, registry: prometheus_client.CollectorRegistry | None = None) -> None:
         self.registry = registry or prometheus_client.CollectorRegistry()
         self.rows = 0
+        self.model_calls = 0
         self.in_flight = 0
         self._requests: dict[tuple[str, int], int] = {}
         self._latency: dict[str, tuple[list[int], list[float]]] = {}
@@ -90,6 +94,7 @@ class Metrics:
             latency.add_metric([endpoint], list(zip(bounds, cumulative, strict=True)), total[0])
         yield latency
         yield CounterMetricFamily("pomona_rows_predicted", "Rows the model predicted.", self.rows)
+        yield CounterMetricFamily("pomona_model_calls", _MODEL_CALLS_HELP, self.model_calls)
         yield GaugeMetricFamily(
             "pomona_requests_in_flight", "HTTP requests being answered now.", self.in_flight
         )
@@ -128,7 +133,11 @@ class SharedMetrics:
             multiprocess_mode="livesum",
             registry=None,
         )
+        self._calls = prometheus_client.Counter(
+            "pomona_model_calls", _MODEL_CALLS_HELP, registry=None
+        )
         self._rows_seen = 0
+        self._calls_seen = 0
         self._in_flight_now = 0
 
     @property
@@ -139,6 +148,15 @@ class SharedMetrics:
     def rows(self, value: int) -> None:
         self._rows.inc(value - self._rows_seen)
         self._rows_seen = value
+
+    @property
+    def model_calls(self) -> int:
+        return self._calls_seen
+
+    @model_calls.setter
+    def model_calls(self, value: int) -> None:
+        self._calls.inc(value - self._calls_seen)
+        self._calls_seen = value
 
     @property
     def in_flight(self) -> int:

@@ -327,7 +327,8 @@ if HttpToolsProtocol is not None:
                 continue
             if victim is None or getattr(conn, "_last_data", 0.0) < victim._last_data:
                 victim = conn
-        if victim is not None and victim.transport is not None:
+        if victim is not None:
+            connections.discard(victim)  # now: its connection_lost comes a loop turn later
             victim.transport.unread_input = False  # nothing it sent is owed an answer
             victim.transport.close()
 

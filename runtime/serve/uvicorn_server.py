@@ -225,22 +225,27 @@ def run_server(
 ) -> bool:
     """Serve ``model`` until SIGTERM/SIGINT; return whether the server started.
 
-    The model is loaded and the port bound here first, so a bad model or a busy port
-    fails before anything listens. With ``workers > 1`` each worker process loads its own
-    one-thread session.
+    The port is bound and the model loaded here first, so a busy port or a bad model
+    fails before any request is answered. With ``workers > 1`` each worker process loads
+    its own one-thread session.
     """
     logging_config = log_config(log_level)
     logging.config.dictConfig(logging_config)
     limits = limits or Limits()
     access = AccessPolicy(token, cors_origins) if token or cors_origins else None
-    app = create_app(
-        model,
-        name=name,
-        max_body_size=max_body_size,
-        check_manifest=check_manifest,
-        micro_batch=micro_batch,
-        access=access,
-    )
+    sock = bind_socket(host, port)
+    try:
+        app = create_app(
+            model,
+            name=name,
+            max_body_size=max_body_size,
+            check_manifest=check_manifest,
+            micro_batch=micro_batch,
+            access=access,
+        )
+    except BaseException:
+        sock.close()
+        raise
     _log_start(app)
     options = uvicorn_options(
         host=host,
@@ -251,7 +256,6 @@ def run_server(
         keep_alive=keep_alive,
     )
     options["log_config"] = logging_config
-    sock = bind_socket(host, port)
     if workers == 1:
         server = GracefulServer(uvicorn_config(app, limits, **options))
         server.run(sockets=[sock])
