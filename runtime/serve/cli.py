@@ -32,7 +32,8 @@ _LOG_LEVELS = ["critical", "error", "warning", "info", "debug"]
     default="127.0.0.1",
     show_default=True,
     envvar="POMONA_HOST",
-    help="Address to bind; 0.0.0.0 exposes the server to the network.",
+    help="Address to bind; 0.0.0.0 exposes the server to the network (needs a token or "
+    "--no-auth).",
 )
 @click.option(
     "--port",
@@ -111,8 +112,8 @@ _LOG_LEVELS = ["critical", "error", "warning", "info", "debug"]
     type=click.FloatRange(min=0.1),
     default=Limits.header_timeout,
     show_default=True,
-    help="Seconds a request's head may take from the connection opening or the previous "
-    "response; then 408 and the connection closes.",
+    help="Seconds a request's head may take from the connection opening or its first "
+    "byte; then 408 (or, if nothing came, a close).",
 )
 @click.option(
     "--timeout-body",
@@ -177,6 +178,7 @@ def serve(
     Endpoints (NAME from --name, version 1):
       GET  /v2/health/live, /v2/health/ready, /v2
       GET  /v2/models/NAME[/versions/1], /v2/models/NAME[/versions/1]/ready
+      GET  /v2/models/NAME[/versions/1]/config  Triton's model configuration
       POST /v2/models/NAME[/versions/1]/infer   JSON or binary tensor data
       GET  /metrics                             Prometheus metrics
 
