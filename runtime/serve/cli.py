@@ -32,8 +32,7 @@ _LOG_LEVELS = ["critical", "error", "warning", "info", "debug"]
     default="127.0.0.1",
     show_default=True,
     envvar="POMONA_HOST",
-    help="Address to bind; 0.0.0.0 exposes the server to the network (needs a token or "
-    "--no-auth).",
+    help="Address to bind; 0.0.0.0 exposes the server to the network (needs a token or --no-auth).",
 )
 @click.option(
     "--port",
