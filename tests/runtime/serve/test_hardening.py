@@ -15,7 +15,6 @@ import socket
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,7 +23,6 @@ from hypothesis import strategies as st
 
 from pomona.runtime.serve import InferenceApp, create_app
 from tests.conftest import needs, run_pomona
-from tests.onnx_models import make_linear_onnx
 from tests.runtime.serve.asgi import call
 from tests.runtime.serve.cases import INFER, MAX_BODY, ONE
 from tests.runtime.serve.test_socket import _READY_POLLS, Server, _in_flight
@@ -33,20 +31,6 @@ needs("httptools")  # the guarded protocol runs on httptools
 
 _FD_LIMIT = 1024
 _ATTACKERS = 1000
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_linear_onnx(tmp_path_factory.mktemp("model") / "model.onnx")
-
-
-@pytest.fixture(scope="module")
-def server(model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    log = tmp_path_factory.mktemp("log") / "serve.log"
-    srv = Server(model, log, "--max-body-size", str(MAX_BODY), "--log-level", "warning")
-    yield srv
-    assert srv.stop() == 0, log.read_text()
-    assert "Traceback" not in log.read_text()
 
 
 def _response(sock: socket.socket) -> bytes:

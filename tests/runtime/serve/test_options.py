@@ -18,15 +18,10 @@ import psutil
 import pytest
 
 from pomona.runtime.serve import InferenceApp, load_predictor
-from tests.onnx_models import make_linear_onnx, reference_predictions
+from tests.onnx_models import reference_predictions
 from tests.runtime.serve.asgi import call, call_async
 from tests.runtime.serve.cases import INFER, ONE, doc, features_tensor
 from tests.runtime.serve.test_socket import Server, free_port
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_linear_onnx(tmp_path_factory.mktemp("model") / "model.onnx")
 
 
 def _listening(srv: Server) -> set[tuple[str, int]]:

@@ -109,20 +109,6 @@ def _limit_fds(limit: int) -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
 
 
-@pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_linear_onnx(tmp_path_factory.mktemp("model") / "model.onnx")
-
-
-@pytest.fixture(scope="module")
-def server(model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    log = tmp_path_factory.mktemp("log") / "serve.log"
-    srv = Server(model, log, "--max-body-size", str(MAX_BODY), "--log-level", "warning")
-    yield srv
-    assert srv.stop() == 0, log.read_text()
-    assert "Traceback" not in log.read_text()
-
-
 # -- HTTP on a raw socket: what the server writes, and when ---------------------------------
 
 
