@@ -12,7 +12,6 @@ import json
 import resource
 import signal
 import socket
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -25,7 +24,7 @@ from pomona.runtime.serve import InferenceApp, create_app
 from tests.conftest import needs, run_pomona
 from tests.runtime.serve.asgi import call
 from tests.runtime.serve.cases import INFER, MAX_BODY, ONE
-from tests.runtime.serve.test_socket import _READY_POLLS, Server, _in_flight
+from tests.runtime.serve.test_socket import Server, send_part_of_a_body
 
 needs("httptools")  # the guarded protocol runs on httptools
 
@@ -211,14 +210,7 @@ def test_body_that_stops_arriving_gets_408(model: Path, tmp_path: Path) -> None:
 
 def test_sigterm_answers_a_stalled_body_503_and_exits_zero(model: Path, tmp_path: Path) -> None:
     srv = Server(model, tmp_path / "serve.log", "--graceful-timeout", "0.5")
-    body = _infer_body()
-    with socket.create_connection(("127.0.0.1", srv.port), timeout=60) as sock:
-        head = f"POST {INFER} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n"
-        sock.sendall(head.encode() + body[:10])
-        for _ in range(_READY_POLLS):
-            if _in_flight(srv) >= 2:
-                break
-            time.sleep(0.05)
+    with send_part_of_a_body(srv, _infer_body()) as sock:
         srv.proc.send_signal(signal.SIGTERM)
         answer = _response(sock)  # the body never comes
     assert answer.startswith(b"HTTP/1.1 503 "), answer
