@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import resource
 from typing import Any
 
 import orjson
@@ -54,15 +53,21 @@ __all__ = ["CoalescingTransport", "Limits", "default_max_connections", "http_pro
 
 #: Descriptors kept free for the model, logs and the listening socket.
 _RESERVED_FDS = 64
+#: The connection cap where the descriptor limit is unknown or unlimited.
+_NO_LIMIT = 10_000
 #: How long a lingering close waits while the server shuts down.
 _SHUTDOWN_LINGER = 0.5
 
 
 def default_max_connections() -> int:
     """Open connections a process can hold: its descriptor limit, less a reserve."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - Windows: no descriptor limit to read
+        return _NO_LIMIT
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY:
-        return 10_000
+        return _NO_LIMIT
     return max(16, soft - _RESERVED_FDS)
 
 

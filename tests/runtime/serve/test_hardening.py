@@ -233,3 +233,23 @@ def test_busy_port_exits_1_with_one_error_line(model: Path) -> None:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
     assert f"port {port} on 127.0.0.1 is already in use" in lines[0]
+
+
+@pytest.mark.parametrize("field", ["shape", "data", "binary_data_size"])
+def test_five_thousand_digit_json_integer_is_a_400_that_names_it(
+    app: InferenceApp, field: str
+) -> None:
+    bomb = "9" * 5000
+    tensor = {"name": "features", "shape": "[1,3]", "datatype": "FP32", "data": "[1,2,3]"}
+    if field == "binary_data_size":
+        tensor["parameters"] = f'{{"binary_data_size":{bomb}}}'
+    else:
+        tensor[field] = tensor[field].replace("1", bomb, 1)
+    fields = ",".join(
+        f'"{key}":{value}' if key != "name" and key != "datatype" else f'"{key}":"{value}"'
+        for key, value in tensor.items()
+    )
+    answer = call(app, "POST", INFER, f'{{"inputs":[{{{fields}}}]}}'.encode())
+    assert answer.status == 400, answer.body
+    error = json.loads(answer.body)["error"]
+    assert "beyond the range of float64" in error and "int_max_str_digits" not in error
