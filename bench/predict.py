@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pomona.runtime._session import fast_run
+from pomona.runtime.backends.ort_backend import fast_run
 from pomona.runtime.predictor import Predictor
 
 REPO = Path(__file__).resolve().parent.parent

@@ -12,9 +12,10 @@ from typing import ParamSpec, TypeVar
 
 import click
 
+from pomona.runtime.backends import BACKENDS
 from pomona.runtime.errors import PomonaError
 
-__all__ = ["say", "user_errors"]
+__all__ = ["backend_option", "say", "user_errors"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -36,3 +37,15 @@ def user_errors(fn: Callable[P, R]) -> Callable[P, R]:
             raise click.ClickException(str(err)) from err
 
     return wrapper
+
+
+#: ``--backend`` of ``pomona predict``, ``info`` and ``serve`` (:mod:`pomona.runtime.backends`).
+backend_option = click.option(
+    "--backend",
+    type=click.Choice(BACKENDS),
+    default="auto",
+    show_default=True,
+    envvar="POMONA_BACKEND",
+    help="Run the model with onnxruntime, or numpy alone; auto: onnxruntime when it "
+    "imports, else numpy.",
+)

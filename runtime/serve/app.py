@@ -260,9 +260,17 @@ def _model_metadata(predictor: Predictor, name: str) -> dict[str, Any]:
 # -- factories -------------------------------------------------------------------------------
 
 
-def load_predictor(model: str | os.PathLike[str], *, check_manifest: bool = True) -> Predictor:
+def load_predictor(
+    model: str | os.PathLike[str], *, check_manifest: bool = True, backend: str = "auto"
+) -> Predictor:
     """The predictor a server process uses: one intra-op thread, no spinning."""
-    return Predictor(model, check_manifest=check_manifest, intra_op_threads=1, allow_spinning=False)
+    return Predictor(
+        model,
+        check_manifest=check_manifest,
+        intra_op_threads=1,
+        allow_spinning=False,
+        backend=backend,
+    )
 
 
 def create_app(
@@ -272,7 +280,8 @@ def create_app(
     max_body_size: int = DEFAULT_MAX_BODY_SIZE,
     check_manifest: bool = True,
     micro_batch: bool = True,
+    backend: str = "auto",
 ) -> InferenceApp:
     """Load ``model`` (checking it against its manifest) and return the ASGI app serving it."""
-    predictor = load_predictor(model, check_manifest=check_manifest)
+    predictor = load_predictor(model, check_manifest=check_manifest, backend=backend)
     return InferenceApp(predictor, name=name, max_body_size=max_body_size, micro_batch=micro_batch)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from pomona.runtime.clikit import user_errors
+from pomona.runtime.clikit import backend_option, user_errors
 from pomona.runtime.serve.app import DEFAULT_MAX_BODY_SIZE, DEFAULT_MODEL_NAME
 from pomona.runtime.serve.uvicorn_server import run_server
 
@@ -83,6 +83,7 @@ _LOG_LEVELS = ["critical", "error", "warning", "info", "debug"]
     show_default=True,
     help="Predict small requests that arrive together in one onnxruntime call.",
 )
+@backend_option
 @user_errors
 def serve(
     model: Path,
@@ -95,6 +96,7 @@ def serve(
     log_level: str,
     access_log: bool,
     micro_batch: bool,
+    backend: str,
 ) -> None:
     """Serve MODEL (model.onnx) over HTTP with the Open Inference Protocol (KServe V2).
 
@@ -120,6 +122,7 @@ def serve(
         log_level=log_level.lower(),
         access_log=access_log,
         micro_batch=micro_batch,
+        backend=backend,
     )
     if not started:
         raise click.ClickException(f"the server did not start on {host}:{port}")

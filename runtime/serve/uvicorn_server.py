@@ -63,6 +63,7 @@ ENV_NAME = "POMONA_SERVE_NAME"
 ENV_MAX_BODY_SIZE = "POMONA_SERVE_MAX_BODY_SIZE"
 ENV_CHECK_MANIFEST = "POMONA_SERVE_CHECK_MANIFEST"
 ENV_MICRO_BATCH = "POMONA_SERVE_MICRO_BATCH"
+ENV_BACKEND = "POMONA_SERVE_BACKEND"
 
 
 # -- one write per response ------------------------------------------------------------------
@@ -228,6 +229,7 @@ def app_from_env() -> InferenceApp:
         max_body_size=int(os.environ.get(ENV_MAX_BODY_SIZE, DEFAULT_MAX_BODY_SIZE)),
         check_manifest=os.environ.get(ENV_CHECK_MANIFEST, "1") == "1",
         micro_batch=os.environ.get(ENV_MICRO_BATCH, "1") == "1",
+        backend=os.environ.get(ENV_BACKEND, "auto"),
     )
 
 
@@ -238,7 +240,9 @@ def _hand_to_workers(
     max_body_size: int,
     check_manifest: bool,
     micro_batch: bool,
+    backend: str = "auto",
 ) -> None:
+    os.environ[ENV_BACKEND] = backend
     os.environ[ENV_MODEL] = str(Path(model).resolve())
     os.environ[ENV_NAME] = name
     os.environ[ENV_MAX_BODY_SIZE] = str(max_body_size)
@@ -249,7 +253,7 @@ def _hand_to_workers(
 def _log_start(app: InferenceApp) -> None:
     predictor = app.predictor
     logger.info(
-        "serving %s as model %r: %d features (%s) -> %d targets (%s); manifest %s",
+        "serving %s as model %r: %d features (%s) -> %d targets (%s); manifest %s; backend %s",
         predictor.path,
         app.name,
         predictor.n_features,
@@ -257,6 +261,7 @@ def _log_start(app: InferenceApp) -> None:
         predictor.n_targets,
         ", ".join(predictor.target_names),
         "checked" if predictor.manifest_checked else "not checked",
+        predictor.backend,
     )
 
 
@@ -272,6 +277,7 @@ def run_server(
     log_level: str = "info",
     access_log: bool = False,
     micro_batch: bool = True,
+    backend: str = "auto",
 ) -> bool:
     """Serve ``model`` until SIGTERM/SIGINT; return whether the server started.
 
@@ -286,6 +292,7 @@ def run_server(
         max_body_size=max_body_size,
         check_manifest=check_manifest,
         micro_batch=micro_batch,
+        backend=backend,
     )
     _log_start(app)
     options = uvicorn_options(host=host, port=port, log_level=log_level, access_log=access_log)
@@ -301,6 +308,7 @@ def run_server(
         max_body_size=max_body_size,
         check_manifest=check_manifest,
         micro_batch=micro_batch,
+        backend=backend,
     )
     factory = f"{__name__}:{app_from_env.__name__}"
     uvicorn.run(factory, factory=True, workers=workers, **options)
