@@ -32,6 +32,8 @@ __all__ = [
     "MANIFEST_FILE",
     "METRICS_FILE",
     "ONNX_FILE",
+    "ORT_CONFIG_FILE",
+    "ORT_FILE",
     "OUTPUT_NAME",
     "PLOT_FILE",
     "RTOL",
@@ -67,6 +69,10 @@ PLOT_FILE = "loss_curve.png"
 ONNX_FILE = "model.onnx"
 TORCHSCRIPT_FILE = "model.pt"
 MANIFEST_FILE = "manifest.json"
+#: Written by ``pomona export --ort``: the model in onnxruntime's ORT format, and the
+#: operators it needs (input to a reduced onnxruntime build, ``--include_ops_by_config``).
+ORT_FILE = "model.ort"
+ORT_CONFIG_FILE = "required_operators.config"
 
 # -- model.onnx --------------------------------------------------------------------------
 
