@@ -32,7 +32,7 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from bench.predict import _child, _model, _report
+from bench.predict import _model, _report
 
 REPO = Path(__file__).resolve().parent.parent
 BACKENDS = ("onnxruntime", "numpy")
@@ -145,18 +145,45 @@ def disk_mb(folder: Path, *names: str) -> float:
     return total / MB
 
 
-def _cold(commands: dict[str, Sequence[str | Path]]) -> dict[str, tuple[float, float]]:
-    """Median wall time and highest peak RSS (MiB) of each command, runs interleaved."""
-    walls: dict[str, list[float]] = {name: [] for name in commands}
-    rss: dict[str, float] = dict.fromkeys(commands, 0.0)
+# Runs one command from a small process (a child forked from a big one inherits its RSS
+# high-water mark): exit status, wall seconds, CPU seconds (user + system), peak RSS MiB.
+_MEASURE = """
+import resource, subprocess, sys, time
+start = time.perf_counter()
+code = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL).returncode
+wall = time.perf_counter() - start
+usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(code, wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024)
+"""
+
+
+def _child(command: Sequence[str | Path]) -> tuple[float, float, float]:
+    done = subprocess.run(
+        [sys.executable, "-S", "-c", _MEASURE, *map(str, command)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    code, wall, cpu, rss = done.stdout.split()
+    if code != "0":
+        raise RuntimeError(f"{' '.join(map(str, command))} failed: {done.stderr}")
+    return float(wall), float(cpu), float(rss)
+
+
+def _cold(commands: dict[str, Sequence[str | Path]]) -> dict[str, tuple[float, float, float]]:
+    """Median wall and CPU seconds and highest peak RSS (MiB) of each command, interleaved."""
+    runs: dict[str, list[tuple[float, float, float]]] = {name: [] for name in commands}
     for command in commands.values():
         _child(command)  # warm the file cache
     for _ in range(COLD_RUNS):
         for name, command in commands.items():
-            wall, peak = _child(command)
-            walls[name].append(wall)
-            rss[name] = max(rss[name], peak)
-    return {name: (statistics.median(walls[name]), rss[name]) for name in commands}
+            runs[name].append(_child(command))
+    return {
+        name: (
+            statistics.median(r[0] for r in found),
+            statistics.median(r[1] for r in found),
+            max(r[2] for r in found),
+        )
+        for name, found in runs.items()
+    }
 
 
 def _speed(venv: Path, model: Path) -> tuple[str, float]:
