@@ -1,4 +1,5 @@
-"""Run every benchmark, or those named: ``python -m bench [train_loader] [predict] [serve] [edge]``."""
+"""Run every benchmark, or those named: ``python -m bench [train_loader] [predict] [serve]
+[edge]``."""
 
 from __future__ import annotations
 

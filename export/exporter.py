@@ -356,9 +356,7 @@ def _check_interface(predictor: Predictor, features: list[str], targets: list[st
         if found != expected:
             problems.append(f"{kind} names are {found}, expected {expected}")
     if problems:
-        raise ArtifactError(
-            f"{predictor.path.name} has the wrong interface: {'; '.join(problems)}"
-        )
+        raise ArtifactError(f"{predictor.path.name} has the wrong interface: {'; '.join(problems)}")
 
 
 def _normalization(model: nn.Sequential) -> tuple[np.ndarray, np.ndarray]:

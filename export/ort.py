@@ -37,8 +37,8 @@ def convert_to_ort(onnx_bytes: bytes) -> dict[str, bytes]:
         work = Path(folder)
         (work / ONNX_FILE).write_bytes(onnx_bytes)
         out = work / "ort"
-        command = [sys.executable, "-m", CONVERTER, str(work / ONNX_FILE),
-                   "--output_dir", str(out), "--optimization_style", OPTIMIZATION_STYLE]  # fmt: skip
+        command = [sys.executable, "-m", CONVERTER, str(work / ONNX_FILE), "--output_dir",
+                   str(out), "--optimization_style", OPTIMIZATION_STYLE]  # fmt: skip
         try:
             done = subprocess.run(
                 command, capture_output=True, text=True, timeout=_CONVERT_TIMEOUT_S, check=False

@@ -222,7 +222,7 @@ def _tensor(data: bytes) -> tuple[str, np.ndarray]:
     if any(k == _T_DATA_LOCATION and v == 1 for k, v in items):
         raise ValueError(f"initializer {name!r} keeps its data in an external file")
     if dtype != _FLOAT:
-        found = _TYPE_NAMES.get(dtype, str(dtype)) if isinstance(dtype, int) else dtype
+        found = _TYPE_NAMES.get(dtype, str(dtype)) if isinstance(dtype, int) else "unknown"
         raise ValueError(f"initializer {name!r} is {found}, not float")
     dims = _ints(items, _T_DIMS)
     raw = b"".join(v for k, v in items if k == _T_RAW_DATA and isinstance(v, bytes))

@@ -86,3 +86,21 @@ def test_cli_flag(tmp_path: Path) -> None:
     result = run_pomona("export", "--checkpoint", checkpoint, "--ort")
     assert result.returncode == 0, result.stderr
     assert f"  {ORT_FILE}  " in result.stderr and (tmp_path / ORT_FILE).is_file()
+
+
+def test_export_runs_model_onnx_on_the_numpy_backend(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Export loads model.onnx with the numpy backend too: a model it refuses is not written."""
+    from pomona.runtime.backends import numpy_backend
+
+    without_relu = {op: a for op, a in numpy_backend.SUPPORTED_OPS.items() if op != "Relu"}
+    monkeypatch.setattr(numpy_backend, "SUPPORTED_OPS", without_relu)
+    checkpoint = crop_checkpoint(tmp_path / "checkpoint.pt", hidden=(4,))
+    with pytest.raises(ArtifactError) as caught:
+        export_checkpoint(checkpoint, tmp_path / "out")
+    assert str(caught.value).startswith(
+        f"the runtime's numpy backend refuses the exported {ONNX_FILE}: "
+        "the numpy backend cannot run this model: operator 'Relu'"
+    )
+    assert not (tmp_path / "out").exists()

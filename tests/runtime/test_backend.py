@@ -22,6 +22,7 @@ from pomona.runtime.model_info import describe
 from pomona.runtime.onnx_proto import read_graph, read_header
 from pomona.runtime.predict_cli import info, predict
 from pomona.runtime.predictor import Predictor
+from pomona.runtime.system import available_cpus
 from tests.conftest import SUBPROCESS_TIMEOUT
 from tests.onnx_models import make_linear_onnx, reference_predictions
 
@@ -82,6 +83,11 @@ def test_numpy_backend_predicts_exactly_on_exact_weights(model: Path) -> None:
     np.testing.assert_array_equal(x, before)  # the caller's array is never written to
 
 
+def test_onnxruntime_threads_default_to_the_cpus_this_process_may_use(model: Path) -> None:
+    options = Predictor(model, backend="onnxruntime").session.get_session_options()
+    assert options.intra_op_num_threads == available_cpus()
+
+
 # -- the reader --------------------------------------------------------------------------
 
 
@@ -110,15 +116,19 @@ def test_float_data_initializers_and_gemm_attributes(tmp_path: Path) -> None:
     """Weights in float_data (not raw_data), alpha/beta and transB: numpy == onnxruntime."""
     path = _graph_file(tmp_path, _mlp_nodes(), _mlp_initializers(raw=False), opset=18)
     assert not onnx.load(str(path)).graph.initializer[0].raw_data
-    x = np.random.default_rng(1).normal(size=(257, 3)).astype(np.float32)
+    x = np.random.default_rng(1).normal(size=(2500, 3)).astype(np.float32)  # > one chunk
+    before = x.copy()
     expected = Predictor(path, backend="onnxruntime").predict(x)
-    np.testing.assert_allclose(Predictor(path, backend="numpy").predict(x), expected, rtol=1e-6)
+    got = Predictor(path, backend="numpy").predict(x)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    assert got.flags.c_contiguous
+    np.testing.assert_array_equal(x, before)  # Sub reads the caller's rows: never in place
 
 
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ("op", "operator 'Sigmoid'"),
+        ("op", "cannot run this model: operator 'Sigmoid' (it runs Add, Div, Gemm, Mul, Relu, Sub"),
         ("attribute", "attribute 'transA' of operator 'Gemm' other than 0"),
         ("unknown_attribute", "attribute 'axis' of operator 'Relu'"),
         ("domain", "operator set domain 'com.microsoft'"),
