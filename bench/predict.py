@@ -4,7 +4,7 @@ Every ratio compares two things measured in this run, on this machine, best of s
 interleaved tries, so a busy machine slows both sides alike:
 
 * ``Predictor.predict`` at batch 1 vs the public ``InferenceSession.run`` and vs the
-  compiled-session call ``Predictor`` itself makes (``_session.fast_run``): the second
+  compiled-session call ``Predictor`` itself makes (``ort_backend.fast_run``): the second
   is the same call on both sides, so it shows only the predictor's own overhead;
 * ``Predictor.predict`` at 1M rows vs ``InferenceSession.run``;
 * ``pomona predict`` on a 1M-row CSV (CSV out) vs two pandas pipelines: the naive one
