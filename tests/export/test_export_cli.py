@@ -48,7 +48,9 @@ def test_cli_writes_the_artifacts_and_reports(linear_cli_export: CliExport) -> N
     assert "ONNX graph: Gemm" in stderr
     assert "15 training + 10240 random rows" in stderr
     report_lines = [line for line in stderr.splitlines() if "max abs diff" in line]
-    assert len(report_lines) == 2
+    assert len(report_lines) == 3  # model.pt, model.onnx on onnxruntime and on numpy
+    names = [line.split("  max abs diff")[0].strip() for line in report_lines]
+    assert sorted(names) == sorted([TORCHSCRIPT_FILE, ONNX_FILE, NUMPY_CHECK])
     assert all(line.rstrip().endswith("ok") for line in report_lines)
 
 
