@@ -1,11 +1,12 @@
-"""Run every benchmark, or those named: ``python -m bench [train_loader] [predict] [serve]``."""
+"""Run every benchmark, or those named: ``python -m bench [train_loader] [predict] [serve]
+[edge]``."""
 
 from __future__ import annotations
 
 import importlib
 import sys
 
-SUITES = ["train_loader", "predict", "serve"]
+SUITES = ["train_loader", "predict", "serve", "edge"]
 
 
 def main(argv: list[str]) -> int:

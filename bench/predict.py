@@ -4,7 +4,7 @@ Every ratio compares two things measured in this run, on this machine, best of s
 interleaved tries, so a busy machine slows both sides alike:
 
 * ``Predictor.predict`` at batch 1 vs the public ``InferenceSession.run`` and vs the
-  compiled-session call ``Predictor`` itself makes (``_session.fast_run``): the second
+  compiled-session call ``Predictor`` itself makes (``ort_backend.fast_run``): the second
   is the same call on both sides, so it shows only the predictor's own overhead;
 * ``Predictor.predict`` at 1M rows vs ``InferenceSession.run``;
 * ``pomona predict`` on a 1M-row CSV (CSV out) vs two pandas pipelines: the naive one
@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pomona.runtime._session import fast_run
+from pomona.runtime.backends.ort_backend import fast_run
 from pomona.runtime.predictor import Predictor
 
 REPO = Path(__file__).resolve().parent.parent

@@ -14,6 +14,8 @@ from pomona.runtime.artifacts import (
     DEFAULT_FOLDER,
     MANIFEST_FILE,
     ONNX_FILE,
+    ORT_CONFIG_FILE,
+    ORT_FILE,
     TORCHSCRIPT_FILE,
 )
 from pomona.runtime.clikit import say, user_errors
@@ -43,7 +45,7 @@ def report_lines(report: EquivalenceReport) -> list[str]:
     for check in report.checks:
         verdict = "ok" if check.passed else "FAILED"
         lines.append(
-            f"  {check.artifact:<10}  max abs diff {check.max_abs_diff:.3g}  "
+            f"  {check.artifact:<18}  max abs diff {check.max_abs_diff:.3g}  "
             f"max rel diff {check.max_rel_diff:.3g}  "
             f"({check.worst_fraction_of_tolerance:.3g} of tolerance)  {verdict}"
         )
@@ -79,16 +81,25 @@ def report_lines(report: EquivalenceReport) -> list[str]:
     help="Also write a Triton model repository entry: DIR/NAME/config.pbtxt and "
     f"DIR/NAME/1/{ONNX_FILE}.",
 )
+@click.option(
+    "--ort",
+    is_flag=True,
+    help=f"Also write {ORT_FILE} (onnxruntime's ORT format, for its minimal builds) and "
+    f"{ORT_CONFIG_FILE} (the operators it needs, for a reduced onnxruntime build).",
+)
 @user_errors
-def export(checkpoint: Path, out: Path | None, name: str, triton_repo: Path | None) -> None:
+def export(
+    checkpoint: Path, out: Path | None, name: str, triton_repo: Path | None, ort: bool
+) -> None:
     """Export a checkpoint to ONNX and TorchScript, proven equivalent to the trained model.
 
     Folds the standardization into the first layer, writes model.onnx, model.pt
     and manifest.json, checks both artifacts against the trained model on the
-    training data plus random rows, and moves the files into place only if every
+    training data plus random rows (model.onnx with both runtime backends,
+    onnxruntime and numpy), and moves the files into place only if every
     check passes. A failed export leaves earlier files untouched.
     """
-    result = export_checkpoint(checkpoint, out, name=name, triton_repo=triton_repo)
+    result = export_checkpoint(checkpoint, out, name=name, triton_repo=triton_repo, ort=ort)
     graph = ", ".join(result.onnx_ops)
     say(f"Wrote {', '.join(str(path) for path in result.files)}")
     say(f"ONNX graph: {graph}")

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ATOL",
     "BATCH_SIZES",
+    "NUMPY_CHECK",
     "RANDOM_ROWS",
     "RTOL",
     "SPAN_SIGMAS",
@@ -61,6 +62,9 @@ RANDOM_ROWS = 10_240
 #: (far beyond the training range); the other half are normal around the mean.
 SPAN_SIGMAS = 10.0
 _SEED = 0
+#: The report's name for ``model.onnx`` run by the runtime's numpy backend (the plain
+#: ``model.onnx`` check runs it with onnxruntime).
+NUMPY_CHECK = "model.onnx (numpy)"
 
 Predict = Callable[[np.ndarray, int], np.ndarray]
 
@@ -218,7 +222,8 @@ def predict_torchscript(
 
 
 def predict_runtime(predictor: Predictor, x: np.ndarray, batch_size: int) -> np.ndarray:
-    """Run ``model.onnx`` through the runtime's :class:`Predictor`, ``batch_size`` rows per call."""
+    """Run a model through the runtime's :class:`Predictor` (whichever backend it uses),
+    ``batch_size`` rows per call."""
     return _in_batches(predictor.predict, x, batch_size)
 
 

@@ -4,9 +4,10 @@
     checkpoint -> trained model -> folded model -> the bytes of ``model.onnx`` and
     ``model.pt``, in memory.
 :func:`verify`
-    write both into a staging folder inside the output folder and load them back the
-    way they will be used: ``model.onnx`` with the runtime's :class:`Predictor` (so
-    anything the runtime would refuse fails the export), ``model.pt`` with TorchScript;
+    write them into a staging folder inside the output folder and load them back the
+    way they will be used: ``model.onnx`` with the runtime's :class:`Predictor` on both
+    backends, onnxruntime and numpy (so anything the runtime would refuse fails the
+    export), ``model.ort`` (``--ort``) with onnxruntime, ``model.pt`` with TorchScript;
     check the interface, then the values against the trained model.
 :func:`publish`
     stage ``manifest.json`` (and the Triton entry), then move each file into place
@@ -19,6 +20,7 @@ as they were.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -26,7 +28,7 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,7 @@ from torch import nn
 
 from pomona.export.check_rows import training_features
 from pomona.export.equivalence import (
+    NUMPY_CHECK,
     EquivalenceReport,
     check_equivalence,
     evaluation_rows,
@@ -44,6 +47,7 @@ from pomona.export.equivalence import (
 from pomona.export.fold import fold_standardization, folding_note
 from pomona.export.manifest import artifact_entry, build_manifest, manifest_bytes
 from pomona.export.onnx_export import export_onnx, serialize_onnx
+from pomona.export.ort import convert_to_ort
 from pomona.export.torchscript import load_torchscript, torchscript_bytes
 from pomona.export.triton import place_entry, stage_entry, valid_model_name
 from pomona.runtime.artifacts import (
@@ -53,6 +57,7 @@ from pomona.runtime.artifacts import (
     INPUT_NAME,
     MANIFEST_FILE,
     ONNX_FILE,
+    ORT_FILE,
     OUTPUT_NAME,
     TARGET_NAMES_KEY,
     TORCHSCRIPT_FILE,
@@ -168,6 +173,13 @@ class BuiltArtifacts:
     onnx_ops: tuple[str, ...]
     #: Which standardization stayed unfolded, and why (None: both folded).
     fold_note: str | None = None
+    #: ``model.ort`` and ``required_operators.config`` (``--ort``), else empty.
+    ort_files: Mapping[str, bytes] = field(default_factory=dict)
+
+    @property
+    def files(self) -> dict[str, bytes]:
+        """Every artifact file but the manifest: name -> contents."""
+        return {ONNX_FILE: self.onnx_bytes, TORCHSCRIPT_FILE: self.pt_bytes, **self.ort_files}
 
     @property
     def feature_names(self) -> list[str]:
@@ -178,8 +190,11 @@ class BuiltArtifacts:
         return list(self.state["target_names"])
 
 
-def build(checkpoint: str | os.PathLike[str], name: str = "pomona") -> BuiltArtifacts:
-    """Load ``checkpoint``, fold the standardization, and serialize ONNX and TorchScript."""
+def build(
+    checkpoint: str | os.PathLike[str], name: str = "pomona", ort: bool = False
+) -> BuiltArtifacts:
+    """Load ``checkpoint``, fold the standardization, and serialize ONNX and TorchScript
+    (and with ``ort``, convert the ONNX model to onnxruntime's ORT format)."""
     if not valid_model_name(name):
         raise ArtifactError(f"model name {name!r} must be letters, digits, '_', '.' or '-'")
     path = Path(checkpoint)
@@ -187,15 +202,17 @@ def build(checkpoint: str | os.PathLike[str], name: str = "pomona") -> BuiltArti
     model = model_from_checkpoint(state)
     folded = fold_standardization(model)
     proto = export_onnx(folded, len(state["feature_names"]), onnx_metadata(state), graph_name=name)
+    onnx_bytes = serialize_onnx(proto)
     return BuiltArtifacts(
         name=name,
         checkpoint=path,
         state=state,
         model=model,
-        onnx_bytes=serialize_onnx(proto),
+        onnx_bytes=onnx_bytes,
         pt_bytes=torchscript_bytes(folded),
         onnx_ops=tuple(node.op_type for node in proto.graph.node),
         fold_note=folding_note(folded),
+        ort_files=convert_to_ort(onnx_bytes) if ort else {},
     )
 
 
@@ -206,18 +223,21 @@ def verify(built: BuiltArtifacts, staging: Path) -> EquivalenceReport:
     interface is not the contract's, and
     :class:`~pomona.export.equivalence.EquivalenceError` when values differ.
     """
-    atomic_write_bytes(staging / ONNX_FILE, built.onnx_bytes)
-    atomic_write_bytes(staging / TORCHSCRIPT_FILE, built.pt_bytes)
-    predictor = _load_in_runtime(staging / ONNX_FILE, built)
+    for file, data in built.files.items():
+        atomic_write_bytes(staging / file, data)
     scripted = load_torchscript(staging / TORCHSCRIPT_FILE)
+    artifacts = {TORCHSCRIPT_FILE: lambda x, b: predict_torchscript(scripted, x, b)}
+    runs = [(ONNX_FILE, ONNX_FILE, "onnxruntime"), (NUMPY_CHECK, ONNX_FILE, "numpy")]
+    if ORT_FILE in built.files:
+        runs.append((ORT_FILE, ORT_FILE, "onnxruntime"))
+    for check, file, backend in runs:
+        predictor = _load_in_runtime(staging / file, built, backend)
+        artifacts[check] = functools.partial(predict_runtime, predictor)
     mean, std = _normalization(built.model)
     training = training_features(built.state)
     return check_equivalence(
         built.model,
-        {
-            TORCHSCRIPT_FILE: lambda x, b: predict_torchscript(scripted, x, b),
-            ONNX_FILE: lambda x, b: predict_runtime(predictor, x, b),
-        },
+        artifacts,
         evaluation_rows(mean, std, training),
         training_rows=0 if training is None else len(training),
     )
@@ -239,7 +259,7 @@ def publish(
         name=built.name,
         feature_names=built.feature_names,
         target_names=built.target_names,
-        artifacts={ONNX_FILE: built.onnx_bytes, TORCHSCRIPT_FILE: built.pt_bytes},
+        artifacts=built.files,
         checkpoint=_checkpoint_entry(built.checkpoint, built.state),
         equivalence=report.as_dict(),
     )
@@ -250,7 +270,7 @@ def publish(
             widths = len(built.feature_names), len(built.target_names)
             triton = stage_entry(repo_dir, built.name, built.onnx_bytes, *widths)
         files = []
-        for file in (ONNX_FILE, TORCHSCRIPT_FILE, MANIFEST_FILE):
+        for file in (*built.files, MANIFEST_FILE):
             os.replace(staging / file, out_dir / file)
             files.append(out_dir / file)
         if repo_dir is not None and triton is not None:
@@ -266,16 +286,18 @@ def export_checkpoint(
     out: str | os.PathLike[str] | None = None,
     name: str = "pomona",
     triton_repo: str | os.PathLike[str] | None = None,
+    ort: bool = False,
 ) -> ExportResult:
     """Export ``checkpoint`` to ``out`` (default: the checkpoint's folder).
 
     Writes ``model.onnx``, ``model.pt`` and ``manifest.json``, and with
     ``triton_repo`` also ``<triton_repo>/<name>/config.pbtxt`` and
-    ``<triton_repo>/<name>/1/model.onnx``. Raises :class:`ArtifactError` (or its
+    ``<triton_repo>/<name>/1/model.onnx``, and with ``ort`` also ``model.ort`` and
+    ``required_operators.config``. Raises :class:`ArtifactError` (or its
     subclass :class:`~pomona.export.equivalence.EquivalenceError`) and writes
     nothing when any step or check fails.
     """
-    built = build(checkpoint, name)
+    built = build(checkpoint, name, ort)
     out_dir = Path(out) if out is not None else built.checkpoint.parent
     repo_dir = Path(triton_repo) if triton_repo is not None else None
     _check_no_paths(built.onnx_bytes, built.checkpoint, out_dir, *([repo_dir] if repo_dir else []))
@@ -307,24 +329,25 @@ def export_checkpoint(
 # -- helpers of the steps ----------------------------------------------------------------
 
 
-def _load_in_runtime(path: Path, built: BuiltArtifacts) -> Predictor:
-    """``model.onnx`` as ``pomona predict`` and ``pomona serve`` will load it."""
+def _load_in_runtime(path: Path, built: BuiltArtifacts, backend: str) -> Predictor:
+    """A model file as ``pomona predict`` and ``pomona serve`` will load it with ``backend``."""
+    providers = _PROVIDERS if backend == "onnxruntime" else None
     try:
-        predictor = Predictor(path, check_manifest=False, providers=_PROVIDERS)
+        predictor = Predictor(path, check_manifest=False, providers=providers, backend=backend)
     except ArtifactError as err:
         reason = str(err).removeprefix(f"{path}: ")
-        raise ArtifactError(f"the runtime refuses the exported {ONNX_FILE}: {reason}") from err
+        who = "the runtime" if backend == "onnxruntime" else f"the runtime's {backend} backend"
+        raise ArtifactError(f"{who} refuses the exported {path.name}: {reason}") from err
     _check_interface(predictor, built.feature_names, built.target_names)
     return predictor
 
 
 def _check_interface(predictor: Predictor, features: list[str], targets: list[str]) -> None:
     """One input and one output, with the contract's names, dynamic batch and our names."""
-    session = predictor.session
     problems = []
     for kind, args, name, expected, found in (
-        ("input", session.get_inputs(), INPUT_NAME, features, predictor.feature_names),
-        ("output", session.get_outputs(), OUTPUT_NAME, targets, predictor.target_names),
+        ("input", predictor.inputs, INPUT_NAME, features, predictor.feature_names),
+        ("output", predictor.outputs, OUTPUT_NAME, targets, predictor.target_names),
     ):
         if len(args) != 1 or args[0].name != name:
             problems.append(f"{kind}s are {[a.name for a in args]}, expected [{name!r}]")
@@ -333,7 +356,7 @@ def _check_interface(predictor: Predictor, features: list[str], targets: list[st
         if found != expected:
             problems.append(f"{kind} names are {found}, expected {expected}")
     if problems:
-        raise ArtifactError(f"{ONNX_FILE} has the wrong interface: {'; '.join(problems)}")
+        raise ArtifactError(f"{predictor.path.name} has the wrong interface: {'; '.join(problems)}")
 
 
 def _normalization(model: nn.Sequential) -> tuple[np.ndarray, np.ndarray]:

@@ -9,7 +9,8 @@ Layout (format 1, :data:`~pomona.runtime.artifacts.FORMAT_VERSION`)::
       "versions": {"pomona": ..., "torch": ..., "onnx": ..., "onnxruntime": ...},
       "feature_names": [...],
       "target_names": [...],
-      "artifacts": {"model.onnx": {"sha256": ..., "size": N}, "model.pt": {...}},
+      "artifacts": {"model.onnx": {"sha256": ..., "size": N}, "model.pt": {...},
+                    "model.ort": {...}, "required_operators.config": {...}},  # last two: --ort
       "checkpoint": {"file": "checkpoint.pt", "sha256": ..., "size": N, "epoch": E},
       "equivalence": {...}
     }

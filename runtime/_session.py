@@ -1,8 +1,9 @@
-"""Open an ONNX model with onnxruntime and read what it takes and returns.
+"""What a loaded model takes and returns, whichever backend loaded it.
 
-The loading half of :class:`~pomona.runtime.predictor.Predictor`: the session (with
-its options and providers), the one float32 ``[batch, F]`` input and ``[batch, T]``
-output, the feature and target names from ``metadata_props``, and the format check.
+The checking half of :class:`~pomona.runtime.predictor.Predictor`: the one float32
+``[batch, F]`` input and ``[batch, T]`` output, the feature and target names from
+``metadata_props``, and the format check. Loading lives in
+:mod:`pomona.runtime.backends`.
 """
 
 from __future__ import annotations
@@ -12,12 +13,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import onnxruntime as ort
-
 from pomona.runtime.artifacts import FEATURE_NAMES_KEY, TARGET_NAMES_KEY, check_format
 from pomona.runtime.errors import ArtifactError
+from pomona.runtime.onnx_proto import TensorInfo
 
-__all__ = ["ModelInterface", "default_providers", "fast_run", "open_session", "read_interface"]
+__all__ = ["ModelInterface", "read_interface"]
 
 
 class ModelInterface(NamedTuple):
@@ -30,71 +30,23 @@ class ModelInterface(NamedTuple):
     metadata: dict[str, str]
 
 
-def default_providers() -> list[str]:
-    """CUDA when this onnxruntime build offers it, then CPU."""
-    available = ort.get_available_providers()
-    if "CUDAExecutionProvider" in available:
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    return ["CPUExecutionProvider"]
-
-
-def open_session(
+def read_interface(
+    inputs: Sequence[TensorInfo],
+    outputs: Sequence[TensorInfo],
+    metadata: Mapping[str, str],
     path: Path,
-    *,
-    intra_op_threads: int | None,
-    allow_spinning: bool,
-    providers: Sequence[str] | None,
-) -> ort.InferenceSession:
-    """An onnxruntime session for ``path``; :class:`ArtifactError` if it cannot be loaded."""
-    options = ort.SessionOptions()
-    options.log_severity_level = 3  # errors only; warnings would pollute stderr
-    if intra_op_threads is not None:
-        if intra_op_threads < 1:
-            raise ValueError(f"intra_op_threads must be >= 1, got {intra_op_threads}")
-        options.intra_op_num_threads = intra_op_threads
-    if not allow_spinning:
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    try:
-        return ort.InferenceSession(
-            str(path),
-            sess_options=options,
-            providers=list(providers) if providers is not None else default_providers(),
-        )
-    except Exception as err:  # onnxruntime raises its own untyped errors
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ArtifactError(
-            f"{path}: not a valid ONNX model (empty, truncated or corrupt?): {reason}"
-        ) from err
-
-
-def fast_run(session: ort.InferenceSession) -> Any:
-    """``session.run``, minus its per-call Python checks when only the CPU provider runs.
-
-    ``InferenceSession.run`` validates input names and OrtValue ownership and handles
-    execution-provider fallback in Python before calling the compiled session; at batch 1
-    that costs about as much as the model. The predictor always passes its one input as a
-    numpy array, so on CPU it calls the compiled session (same signature) directly.
-    """
-    compiled = getattr(session, "_sess", None)
-    if session.get_providers() == ["CPUExecutionProvider"] and callable(
-        getattr(compiled, "run", None)
-    ):
-        return compiled.run  # type: ignore[union-attr]
-    return session.run
-
-
-def read_interface(session: ort.InferenceSession, path: Path) -> ModelInterface:
+) -> ModelInterface:
     """Check the model's tensors and format; names from metadata, else by position."""
-    model_input, model_output = _tensors(session, path)
-    metadata: dict[str, str] = dict(session.get_modelmeta().custom_metadata_map)
+    model_input, model_output = _tensors(inputs, outputs, path)
     check_format(metadata, path)
     features = _names(metadata, FEATURE_NAMES_KEY, model_input.shape[1], "input", path)
     targets = _names(metadata, TARGET_NAMES_KEY, model_output.shape[1], "output", path)
-    return ModelInterface(model_input.name, model_output.name, features, targets, metadata)
+    return ModelInterface(model_input.name, model_output.name, features, targets, dict(metadata))
 
 
-def _tensors(session: ort.InferenceSession, path: Path) -> tuple[Any, Any]:
-    inputs, outputs = session.get_inputs(), session.get_outputs()
+def _tensors(
+    inputs: Sequence[TensorInfo], outputs: Sequence[TensorInfo], path: Path
+) -> tuple[TensorInfo, TensorInfo]:
     if len(inputs) != 1 or len(outputs) < 1:
         raise ArtifactError(
             f"{path}: expected one input and at least one output, "

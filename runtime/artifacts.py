@@ -36,6 +36,8 @@ __all__ = [
     "METRICS_FILE",
     "MODEL_FILES",
     "ONNX_FILE",
+    "ORT_CONFIG_FILE",
+    "ORT_FILE",
     "OUTPUT_NAME",
     "PLOT_FILE",
     "RTOL",
@@ -71,9 +73,13 @@ PLOT_FILE = "loss_curve.png"
 ONNX_FILE = "model.onnx"
 TORCHSCRIPT_FILE = "model.pt"
 MANIFEST_FILE = "manifest.json"
+#: Written by ``pomona export --ort``: the model in onnxruntime's ORT format, and the
+#: operators it needs (input to a reduced onnxruntime build, ``--include_ops_by_config``).
+ORT_FILE = "model.ort"
+ORT_CONFIG_FILE = "required_operators.config"
 #: The manifest entries that are models the runtime loads. In a folder with a manifest
 #: that lists one, a model file of any name must have the content of one of them.
-MODEL_FILES: tuple[str, ...] = (ONNX_FILE,)
+MODEL_FILES: tuple[str, ...] = (ONNX_FILE, ORT_FILE)
 
 # -- model.onnx --------------------------------------------------------------------------
 

@@ -22,10 +22,11 @@ from typing import ParamSpec, TypeVar
 
 import click
 
+from pomona.runtime.backends import BACKENDS
 from pomona.runtime.errors import PomonaError, stdout_error
 from pomona.runtime.files import remove_temporary_files
 
-__all__ = ["clean_up_on_signals", "echo_data", "say", "user_errors"]
+__all__ = ["backend_option", "clean_up_on_signals", "echo_data", "say", "user_errors"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -109,3 +110,15 @@ def clean_up_on_signals(fn: Callable[P, R]) -> Callable[P, R]:
             return fn(*args, **kwargs)
 
     return wrapper
+
+
+#: ``--backend`` of ``pomona predict``, ``info`` and ``serve`` (:mod:`pomona.runtime.backends`).
+backend_option = click.option(
+    "--backend",
+    type=click.Choice(BACKENDS),
+    default="auto",
+    show_default=True,
+    envvar="POMONA_BACKEND",
+    help="Run the model with onnxruntime, or numpy alone; auto: onnxruntime when it "
+    "imports, else numpy.",
+)

@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from pomona.runtime.clikit import clean_up_on_signals, echo_data, user_errors
+from pomona.runtime.clikit import backend_option, clean_up_on_signals, echo_data, user_errors
 from pomona.runtime.data import DEFAULT_BATCH_SIZE, FORMATS, MAX_LINE_BYTES
 
 __all__ = ["info", "predict"]
@@ -85,8 +85,9 @@ def _keep_columns(ctx: click.Context, param: click.Parameter, value: str | None)
     "--threads",
     type=click.IntRange(min=1),
     default=None,
-    help="onnxruntime intra-op threads. Default: one per physical core.",
+    help="onnxruntime intra-op threads. Default: the CPUs this process may use.",
 )
+@backend_option
 @user_errors
 @clean_up_on_signals
 def predict(
@@ -100,6 +101,7 @@ def predict(
     max_line_bytes: int,
     no_manifest_check: bool,
     threads: int | None,
+    backend: str,
 ) -> None:
     """Predict every row of INPUT with MODEL (an ONNX file from `pomona export`).
 
@@ -116,7 +118,9 @@ def predict(
     from pomona.runtime.data import predict_file
     from pomona.runtime.predictor import Predictor
 
-    predictor = Predictor(model, check_manifest=not no_manifest_check, intra_op_threads=threads)
+    predictor = Predictor(
+        model, check_manifest=not no_manifest_check, intra_op_threads=threads, backend=backend
+    )
     options: dict[str, Any] = {
         "output_format": output_format,
         "delimiter": "\t" if delimiter == "tab" else delimiter,
@@ -152,16 +156,18 @@ def _file_size(path: str) -> int | None:
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("model", type=click.Path(dir_okay=False, readable=False))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+@backend_option
 @user_errors
-def info(model: str, as_json: bool) -> None:
-    """Show what MODEL expects and returns, its metadata, opset and manifest status.
+def info(model: str, as_json: bool, backend: str) -> None:
+    """Show what MODEL expects and returns, its metadata, opset, manifest status and
+    the backend that would run it, and why.
 
     MODEL is loaded as `pomona predict` loads it: a model whose output for one row
     differs from the shape it declares is refused.
     """
     from pomona.runtime.model_info import describe
 
-    facts = describe(model)
+    facts = describe(model, backend)
     if as_json:
         echo_data(json.dumps(facts, indent=2))
         return
@@ -172,6 +178,7 @@ def _render(facts: dict[str, Any]) -> str:
     lines = [f"model      {facts['path']}", f"sha256     {facts['sha256']}"]
     lines.append(f"manifest   {facts['manifest']['status']}: {facts['manifest']['detail']}")
     lines.append(f"ir/opset   IR {facts['ir_version']}, opset {_opsets(facts['opset'])}")
+    lines.append(f"backend    {facts['backend']['name']} ({facts['backend']['reason']})")
     if facts.get("producer"):
         lines.append(f"producer   {facts['producer']}")
     for kind in ("inputs", "outputs"):

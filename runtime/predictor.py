@@ -1,8 +1,10 @@
-"""Load an exported ONNX model with onnxruntime and predict from arrays or named columns.
+"""Load an exported ONNX model and predict from arrays or named columns.
 
-Imports numpy and onnxruntime only: no torch, no onnx package. One
-:class:`Predictor` is safe to call from several threads at once
-(``InferenceSession.run`` is thread-safe and the predictor keeps no per-call state).
+The model runs on a backend (:mod:`pomona.runtime.backends`): onnxruntime, or numpy
+alone where onnxruntime is missing. Imports numpy only at module level: no torch, no
+onnx package, and onnxruntime only when that backend loads. One :class:`Predictor` is
+safe to call from several threads at once (both backends' ``run`` are thread-safe and
+the predictor keeps no per-call state).
 """
 
 from __future__ import annotations
@@ -15,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 from numpy.typing import ArrayLike
 
-from pomona.runtime._session import fast_run, open_session, read_interface
+from pomona.runtime._session import read_interface
 from pomona.runtime.artifacts import check_manifest as compare_with_manifest
+from pomona.runtime.backends import open_backend
 from pomona.runtime.errors import ArtifactError, InputError
 
 __all__ = ["Predictor"]
@@ -41,20 +43,24 @@ class Predictor:
     Parameters
     ----------
     model:
-        Path to ``model.onnx``.
+        Path to ``model.onnx`` (or onnxruntime's ``model.ort``, onnxruntime backend only).
     check_manifest:
         When a ``manifest.json`` in the model's folder lists a model, refuse this model
         unless its content (whatever its file name) and every external data file it
         points to match the sha256 recorded there; refuse a manifest that cannot be
         read (:func:`pomona.runtime.artifacts.check_manifest`).
     intra_op_threads:
-        Threads onnxruntime uses inside one call (``None``: onnxruntime's default,
-        one per physical core).
+        Threads onnxruntime uses inside one call (``None``: the CPUs this process may
+        run on, :func:`pomona.runtime.system.available_cpus`). The numpy backend leaves
+        threading to numpy's BLAS.
     allow_spinning:
         Let idle worker threads spin; turn off when serving many small requests.
     providers:
         onnxruntime execution providers, in order of preference. Default: CUDA when
         this onnxruntime build offers it, then CPU.
+    backend:
+        ``auto`` (onnxruntime when it imports, numpy otherwise), ``onnxruntime`` or
+        ``numpy`` (:func:`pomona.runtime.backends.choose_backend`).
     """
 
     def __init__(
@@ -65,24 +71,32 @@ class Predictor:
         intra_op_threads: int | None = None,
         allow_spinning: bool = True,
         providers: Sequence[str] | None = None,
+        backend: str = "auto",
     ) -> None:
         self.path = Path(model)
         _require_readable(self.path)
         self.manifest_checked = False
         if check_manifest:
             self.manifest_checked = self._check_manifest()
-        self._session = open_session(
+        self._backend = open_backend(
             self.path,
+            backend,
             intra_op_threads=intra_op_threads,
             allow_spinning=allow_spinning,
             providers=providers,
         )
-        interface = read_interface(self._session, self.path)
+        loaded = self._backend
+        interface = read_interface(loaded.inputs, loaded.outputs, loaded.metadata, self.path)
+        #: The backend that runs the model: ``onnxruntime`` or ``numpy``.
+        self.backend: str = loaded.name
+        self.inputs, self.outputs = loaded.inputs, loaded.outputs
         self.input_name: str = interface.input_name
         self.output_name: str = interface.output_name
         self._output_names = [interface.output_name]
-        self._run = fast_run(self._session)
+        self._run = loaded.run
         self.metadata: dict[str, str] = interface.metadata
+        #: The ONNX graph's name: the name the model was exported under.
+        self.graph_name: str = loaded.graph_name
         self.feature_names: list[str] = interface.feature_names
         self.target_names: list[str] = interface.target_names
         self.n_features: int = len(self.feature_names)
@@ -126,18 +140,18 @@ class Predictor:
 
     @property
     def providers(self) -> list[str]:
-        """Execution providers the session actually uses."""
-        return list(self._session.get_providers())
+        """Execution providers the onnxruntime session actually uses (none for numpy)."""
+        return list(self._backend.providers)
 
     @property
-    def session(self) -> ort.InferenceSession:
-        """The underlying onnxruntime session."""
-        return self._session
+    def session(self) -> Any:
+        """The onnxruntime ``InferenceSession``, or the numpy backend's compiled program."""
+        return self._backend.session
 
     def __repr__(self) -> str:
         return (
             f"Predictor({str(self.path)!r}, features={self.feature_names}, "
-            f"targets={self.target_names})"
+            f"targets={self.target_names}, backend={self.backend!r})"
         )
 
     # -- prediction ------------------------------------------------------------------------

@@ -283,9 +283,17 @@ def _error_response(err: PomonaError) -> Response:
 # -- factories -------------------------------------------------------------------------------
 
 
-def load_predictor(model: str | os.PathLike[str], *, check_manifest: bool = True) -> Predictor:
+def load_predictor(
+    model: str | os.PathLike[str], *, check_manifest: bool = True, backend: str = "auto"
+) -> Predictor:
     """The predictor a server process uses: one intra-op thread, no spinning."""
-    return Predictor(model, check_manifest=check_manifest, intra_op_threads=1, allow_spinning=False)
+    return Predictor(
+        model,
+        check_manifest=check_manifest,
+        intra_op_threads=1,
+        allow_spinning=False,
+        backend=backend,
+    )
 
 
 def create_app(
@@ -297,12 +305,13 @@ def create_app(
     micro_batch: bool = True,
     access: AccessPolicy | None = None,
     registry: prometheus_client.CollectorRegistry | None = None,
+    backend: str = "auto",
 ) -> InferenceApp:
     """Load ``model`` (checking it against its manifest) and return the ASGI app serving it.
 
     ``name`` defaults to the name the model was exported under (:func:`served_name`).
     """
-    predictor = load_predictor(model, check_manifest=check_manifest)
+    predictor = load_predictor(model, check_manifest=check_manifest, backend=backend)
     return InferenceApp(
         predictor,
         name=name or served_name(predictor, DEFAULT_MODEL_NAME),

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from pomona.runtime.clikit import user_errors
+from pomona.runtime.clikit import backend_option, user_errors
 from pomona.runtime.serve.access import ENV_AUTH_TOKEN, read_token
 from pomona.runtime.serve.app import DEFAULT_MAX_BODY_SIZE, DEFAULT_MODEL_NAME
 from pomona.runtime.serve.uvicorn_protocol import default_max_connections
@@ -149,6 +149,7 @@ _LOG_LEVELS = ["critical", "error", "warning", "info", "debug"]
     help="Open connections per process; past it the longest idle one is closed  "
     "[default: the open-file limit less 64]",
 )
+@backend_option
 @user_errors
 def serve(
     model: Path,
@@ -170,6 +171,7 @@ def serve(
     graceful_timeout: float,
     max_header_size: int,
     max_connections: int | None,
+    backend: str,
 ) -> None:
     """Serve MODEL (model.onnx) over HTTP with the Open Inference Protocol (KServe V2).
 
@@ -217,6 +219,7 @@ def serve(
         cors_origins=cors_origins,
         limits=limits,
         keep_alive=timeout_keep_alive,
+        backend=backend,
     )
     if not started:
         raise click.ClickException(f"the server did not start on {host}:{port}")

@@ -26,7 +26,7 @@ def served_name(predictor: Predictor, default: str) -> str:
     """The model's exported name (a Pomona model's graph name), else ``default``."""
     if FORMAT_KEY not in predictor.metadata:
         return default
-    name = predictor.session.get_modelmeta().graph_name
+    name = predictor.graph_name
     return name if _NAME.fullmatch(name or "") else default
 
 

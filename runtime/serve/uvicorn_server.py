@@ -64,6 +64,7 @@ ENV_CHECK_MANIFEST = "POMONA_SERVE_CHECK_MANIFEST"
 ENV_MICRO_BATCH = "POMONA_SERVE_MICRO_BATCH"
 ENV_CORS = "POMONA_SERVE_CORS_ORIGINS"
 ENV_MULTIPROC = "PROMETHEUS_MULTIPROC_DIR"
+ENV_BACKEND = "POMONA_SERVE_BACKEND"
 #: Seconds uvicorn waits past the graceful timeout, for the 503s of stalled bodies to go out.
 _SHUTDOWN_MARGIN = 1.0
 
@@ -156,6 +157,7 @@ def app_from_env() -> InferenceApp:
         check_manifest=os.environ.get(ENV_CHECK_MANIFEST, "1") == "1",
         micro_batch=os.environ.get(ENV_MICRO_BATCH, "1") == "1",
         access=_access_from_env(),
+        backend=os.environ.get(ENV_BACKEND, "auto"),
     )
 
 
@@ -171,6 +173,7 @@ def _hand_to_workers(app: InferenceApp, access: AccessPolicy | None, options: An
     os.environ[ENV_MAX_BODY_SIZE] = str(app.max_body_size)
     os.environ[ENV_CHECK_MANIFEST] = "1" if options["check_manifest"] else "0"
     os.environ[ENV_MICRO_BATCH] = "1" if options["micro_batch"] else "0"
+    os.environ[ENV_BACKEND] = options["backend"]
     os.environ[ENV_CORS] = ",".join(options["cors_origins"])
     if options["token"]:
         os.environ[ENV_AUTH_TOKEN] = options["token"]
@@ -179,7 +182,7 @@ def _hand_to_workers(app: InferenceApp, access: AccessPolicy | None, options: An
 def _log_start(app: InferenceApp) -> None:
     predictor = app.predictor
     logger.info(
-        "serving %s as model %r: %d features (%s) -> %d targets (%s); manifest %s",
+        "serving %s as model %r: %d features (%s) -> %d targets (%s); manifest %s; backend %s",
         predictor.path,
         app.name,
         predictor.n_features,
@@ -187,6 +190,7 @@ def _log_start(app: InferenceApp) -> None:
         predictor.n_targets,
         ", ".join(predictor.target_names),
         "checked" if predictor.manifest_checked else "not checked",
+        predictor.backend,
     )
 
 
@@ -222,6 +226,7 @@ def run_server(
     cors_origins: Sequence[str] = (),
     limits: Limits | None = None,
     keep_alive: float = 5.0,
+    backend: str = "auto",
 ) -> bool:
     """Serve ``model`` until SIGTERM/SIGINT; return whether the server started.
 
@@ -242,6 +247,7 @@ def run_server(
             check_manifest=check_manifest,
             micro_batch=micro_batch,
             access=access,
+            backend=backend,
         )
     except BaseException:
         sock.close()
@@ -268,6 +274,7 @@ def run_server(
             "micro_batch": micro_batch,
             "cors_origins": list(cors_origins),
             "token": token,
+            "backend": backend,
         },
     )
     del app

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from pomona.export import BATCH_SIZES, ExportResult, export_checkpoint
+from pomona.export.equivalence import NUMPY_CHECK
 from pomona.export.torchscript import load_torchscript
 from pomona.runtime.artifacts import (
     ATOL,
@@ -47,7 +48,9 @@ def test_cli_writes_the_artifacts_and_reports(linear_cli_export: CliExport) -> N
     assert "ONNX graph: Gemm" in stderr
     assert "15 training + 10240 random rows" in stderr
     report_lines = [line for line in stderr.splitlines() if "max abs diff" in line]
-    assert len(report_lines) == 2
+    assert len(report_lines) == 3  # model.pt, model.onnx on onnxruntime and on numpy
+    names = [line.split("  max abs diff")[0].strip() for line in report_lines]
+    assert sorted(names) == sorted([TORCHSCRIPT_FILE, ONNX_FILE, NUMPY_CHECK])
     assert all(line.rstrip().endswith("ok") for line in report_lines)
 
 
@@ -129,7 +132,7 @@ def test_manifest_describes_the_files(linear_cli_export: CliExport) -> None:
     assert (report["atol"], report["rtol"]) == (ATOL, RTOL)
     assert report["batch_sizes"] == list(BATCH_SIZES)
     assert report["training_rows"] == 15 and report["random_rows"] >= 10_000
-    for name in (ONNX_FILE, TORCHSCRIPT_FILE):
+    for name in (ONNX_FILE, TORCHSCRIPT_FILE, NUMPY_CHECK):
         check = report["checks"][name]
         assert check["passed"] is True
         assert check["worst_fraction_of_tolerance"] <= 1
@@ -174,7 +177,8 @@ def test_default_out_is_the_checkpoint_folder_and_mlp_is_gemm_relu(
     training = json.loads({e.key: e.value for e in model.metadata_props}[TRAINING_KEY])
     assert training["hidden"] == [16, 16]
     assert mlp_export.report.passed
-    assert {check.artifact for check in mlp_export.report.checks} == {ONNX_FILE, TORCHSCRIPT_FILE}
+    checks = {check.artifact for check in mlp_export.report.checks}
+    assert checks == {ONNX_FILE, TORCHSCRIPT_FILE, NUMPY_CHECK}
 
 
 @pytest.mark.parametrize("name", ["../escape", "a/b", ".hidden", ""])

@@ -1,7 +1,9 @@
 """Folded exports agree with the trained model: property-based, then exactly on exact numbers.
 
 These tests run the export steps in memory (fold, ONNX export, TorchScript) and
-compare with the same tolerance constants ``pomona export`` uses.
+compare with the same tolerance constants ``pomona export`` uses. Every artifact runs
+the way the runtime runs it: eager is the reference; TorchScript; ``model.onnx`` on
+both runtime backends, onnxruntime and numpy.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from pomona.export.equivalence import (
+    NUMPY_CHECK,
     check_equivalence,
     compare_outputs,
     predict_eager,
@@ -38,9 +41,10 @@ BATCH_SIZES = (1, 7, 4096)
 
 @contextmanager
 def _artifacts(model: nn.Sequential) -> Iterator[dict[str, object]]:
-    """Fold, export and load back both artifacts: name -> predict(rows, batch_size).
+    """Fold, export and load back the artifacts: name -> predict(rows, batch_size).
 
-    ``model.onnx`` is loaded from a file by the runtime's Predictor, as export does.
+    ``model.onnx`` is loaded from a file by the runtime's Predictor, as export does, once
+    per backend.
     """
     folded = fold_standardization(model)
     n_features = model[0].mean.numel()
@@ -48,10 +52,12 @@ def _artifacts(model: nn.Sequential) -> Iterator[dict[str, object]]:
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / ONNX_FILE
         path.write_bytes(serialize_onnx(export_onnx(folded, n_features, {})))
-        predictor = Predictor(path, providers=["CPUExecutionProvider"])
+        predictor = Predictor(path, providers=["CPUExecutionProvider"], backend="onnxruntime")
+        numpy = Predictor(path, backend="numpy")
         yield {
             TORCHSCRIPT_FILE: lambda x, b: predict_torchscript(scripted, x, b),
             ONNX_FILE: lambda x, b: predict_runtime(predictor, x, b),
+            NUMPY_CHECK: lambda x, b: predict_runtime(numpy, x, b),
         }
 
 
@@ -96,6 +102,7 @@ def test_exports_agree_with_the_trained_model(
     with _artifacts(model) as artifacts:
         report = check_equivalence(model, artifacts, rows, batch_sizes=batch_sizes)
     assert report.passed and report.batch_sizes == tuple(batch_sizes)
+    assert [c.artifact for c in report.checks] == [TORCHSCRIPT_FILE, ONNX_FILE, NUMPY_CHECK]
 
 
 @settings(max_examples=60, deadline=None, derandomize=True, database=None)
@@ -144,6 +151,7 @@ def test_exactly_representable_models_give_exact_outputs(
     reference = predict_eager(model, rows, 4096)
     assert np.array_equal(reference, predict_eager(model, rows, 1))
     with _artifacts(model) as artifacts:
+        assert set(artifacts) == {TORCHSCRIPT_FILE, ONNX_FILE, NUMPY_CHECK}
         for name, predict in artifacts.items():
             for batch_size in BATCH_SIZES:
                 out = predict(rows, batch_size)  # type: ignore[operator]

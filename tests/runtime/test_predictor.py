@@ -13,8 +13,8 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from pomona.runtime import _session as session_module
 from pomona.runtime.artifacts import FORMAT_KEY, INPUT_NAME, MANIFEST_FILE, ONNX_FILE, OUTPUT_NAME
+from pomona.runtime.backends import ort_backend as session_module
 from pomona.runtime.errors import ArtifactError, InputError
 from pomona.runtime.predictor import Predictor
 from tests.conftest import needs
