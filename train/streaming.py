@@ -62,11 +62,17 @@ class StreamedData:
         if found.training_rows >= MIN_TRAIN_ROWS and (fraction == 0 or found.validation_rows):
             return
         n = found.rows
+        need = MIN_TRAIN_ROWS + (1 if fraction > 0 else 0)
+        split = (
+            f" ({MIN_TRAIN_ROWS} for training and 1 for validation at --val-fraction "
+            f"{fraction:g}; the seeded split by row gave {found.training_rows} and "
+            f"{found.validation_rows})"
+            if fraction > 0
+            else ""
+        )
         raise DataError(
-            f"{self.table.source}: {n} data row{'s' if n != 1 else ''}, of which "
-            f"{found.training_rows} for training and {found.validation_rows} for validation "
-            f"at --val-fraction {fraction:g}; training needs at least {MIN_TRAIN_ROWS} and, "
-            "with a validation split, 1 held out"
+            f"{self.table.source}: {n} data row{'s' if n != 1 else ''}, but training needs at "
+            f"least {need}{split}"
         )
 
     @property

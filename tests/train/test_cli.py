@@ -59,6 +59,8 @@ def test_sigkill_then_resume_gives_the_uninterrupted_weights(tmp_path: Path) -> 
         "cpu",
         "--schedule",
         "constant",
+        "--checkpoint-every",
+        "1",
     ]
     out = tmp_path / "killed"
     # Far more epochs than it can finish before the kill; training stops at epoch k >= 1.
@@ -150,6 +152,11 @@ def test_resume_with_other_settings_is_refused(tmp_path: Path) -> None:
         (["--schedule", "step"], "--schedule"),
         (["--early-stopping", "0"], "--early-stopping"),
         (["--early-stopping", "3", "--val-fraction", "0"], "needs a validation split"),
+        (["--checkpoint-every", "0"], "expected a number of epochs (5) or a time"),
+        (["--checkpoint-every", "5x"], "expected a number of epochs (5) or a time"),
+        (["--checkpoint-every", "-1m"], "expected a number of epochs (5) or a time"),
+        (["--threads", "0"], "--threads"),
+        (["--shuffle-buffer", "-1"], "--shuffle-buffer"),
     ],
 )
 def test_misuse_is_a_usage_error(options: list[str], message: str, tmp_path: Path) -> None:
@@ -185,6 +192,10 @@ def test_help_lists_every_option() -> None:
         "--seed",
         "--device",
         "--out",
+        "--stream",
+        "--shuffle-buffer",
+        "--threads",
+        "--checkpoint-every",
         "--resume",
     ):
         assert option in result.output
