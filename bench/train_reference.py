@@ -5,7 +5,7 @@ only the needed columns as float32, tensors are standardized once, and each epoc
 shuffled batches of one ``randperm`` through the same linear model and SGD settings. It
 writes the weights with ``torch.save``, so both sides end with a file on disk.
 
-``python -m bench.train_reference DATA OUT EPOCHS BATCH``
+``python -m bench.train_reference DATA OUT EPOCHS BATCH [THREADS]``
 """
 
 from __future__ import annotations
@@ -22,8 +22,12 @@ def main(argv: list[str]) -> None:
     import torch
 
     data, out, epochs, batch = argv[0], argv[1], int(argv[2]), int(argv[3])
+    if len(argv) > 4:
+        torch.set_num_threads(int(argv[4]))
     columns = FEATURES + TARGETS
-    frame = pd.read_csv(data, engine="pyarrow", usecols=columns, dtype=dict.fromkeys(columns, "float32"))
+    frame = pd.read_csv(
+        data, engine="pyarrow", usecols=columns, dtype=dict.fromkeys(columns, "float32")
+    )
     values = torch.from_numpy(np.ascontiguousarray(frame[columns].to_numpy(np.float32)))
     del frame
     x, y = values[:, : len(FEATURES)], values[:, len(FEATURES) :]

@@ -15,7 +15,7 @@ Nothing here holds the data set: every pass reads the shards block by block
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -212,7 +212,9 @@ def shuffled_batches(
         yield pending
 
 
-def _batches(rows: np.ndarray, pending: np.ndarray | None, batch_size: int) -> Iterator[np.ndarray]:
+def _batches(
+    rows: np.ndarray, pending: np.ndarray | None, batch_size: int
+) -> Generator[np.ndarray, None, np.ndarray]:
     """Yield whole batches of ``pending`` then ``rows``; returns the rows left over."""
     if pending is not None and len(pending):
         rows = np.concatenate([pending, rows])
