@@ -5,9 +5,6 @@ SIGKILL, every bad-data message, the switch to streaming, checkpoint cadence, an
 from __future__ import annotations
 
 import dataclasses
-import signal
-import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +18,8 @@ from pomona.train.checkpoint import load_checkpoint
 from pomona.train.cli import train as train_command
 from pomona.train.config import RESUME_KEYS, TrainConfig
 from pomona.train.loop import train
-from tests.conftest import POMONA, needs, run_pomona
+from tests.conftest import needs, run_pomona
+from tests.train.test_cli import kill_after_a_checkpoint
 from tests.train.test_dataset import BAD_DATA
 from tests.train.test_loop import states_equal, write_synthetic
 
@@ -92,35 +90,13 @@ def test_streaming_is_reproducible_and_resumes_exactly(tmp_path: Path) -> None:
     assert straight.history == resumed.history and straight.metrics == resumed.metrics
 
 
-def _epoch_in(path: Path) -> int:
-    try:
-        return int(load_checkpoint(path)["epoch"])
-    except Exception:  # not written yet
-        return 0
-
-
 def test_streaming_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path: Path) -> None:
     folder = _split(write_synthetic(tmp_path / "d.csv", 600), tmp_path / "shards", 3)
     options = ["--data", folder, "--stream", "--shuffle-buffer", "64", "--batch-size", "8",
                "--hidden", "8", "--device", "cpu", "--schedule", "constant", "--threads", "1",
                "--checkpoint-every", "1"]  # fmt: skip
     out = tmp_path / "killed"
-    with (tmp_path / "killed.err").open("w") as errors:
-        proc = subprocess.Popen(
-            [*POMONA, "train", *map(str, options), "--epochs", "100000", "--out", str(out)],
-            stdout=subprocess.DEVNULL,
-            stderr=errors,
-        )
-    try:
-        while _epoch_in(out / "checkpoint.pt") < 1:
-            if proc.poll() is not None:
-                pytest.fail(f"training ended early: {(tmp_path / 'killed.err').read_text()}")
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.wait()
-    killed_at = _epoch_in(out / "checkpoint.pt")
+    killed_at = kill_after_a_checkpoint([*map(str, options), "--epochs", "100000"], out)
     epochs = killed_at + 2
     resumed = run_pomona("train", *options, "--epochs", epochs, "--out", out, "--resume")
     assert resumed.returncode == 0, resumed.stderr
