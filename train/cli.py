@@ -243,6 +243,7 @@ def _summary(result: TrainResult, rows: int) -> str:
     "--threads",
     type=click.IntRange(min=1),
     default=None,
+    metavar="N",
     help="torch threads for training.  [default: the CPUs this process may use]",
 )
 @click.option(
@@ -281,7 +282,7 @@ def train(
     checkpoint_every: tuple[int | None, float | None],
     resume: bool,
 ) -> None:
-    """Train a regression model on the crop data or a CSV file.
+    """Train a regression model on the crop data or your own (file, folder or glob).
 
     Writes OUT/checkpoint.pt as --checkpoint-every says and at the end, then
     OUT/metrics.json, OUT/history.csv and OUT/loss_curve.png.
