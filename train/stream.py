@@ -39,10 +39,11 @@ __all__ = [
 #: Rows held in the shuffle buffer unless ``--shuffle-buffer`` says otherwise.
 DEFAULT_SHUFFLE_BUFFER = 65536
 _MASK64 = (1 << 64) - 1
-#: The in-memory run holds the float32 values about three times over (read, split,
-#: standardized); it is chosen only when that fits in this share of the available memory.
+#: The in-memory run peaks at about ten times the float32 values (read and concatenated,
+#: split, float64 statistics and the least-squares reference; 8.9 GiB for 50M x 5 columns
+#: in ``make bench``); it is chosen only when that fits in this share of the available memory.
 MEMORY_SHARE = 0.5
-_COPIES = 3
+_COPIES = 10
 
 
 def needs_streaming(path: str | os.PathLike[str] | None, columns: int) -> str | None:
