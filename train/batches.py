@@ -1,13 +1,16 @@
-"""Feeding the training loop: whole batches per DataLoader index call."""
+"""Feeding the training loop: whole batches per DataLoader index call, on the device."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-__all__ = ["BatchTensors", "ShuffledBatches", "batch_loader"]
+__all__ = ["GPU_SHARE", "BatchTensors", "ShuffledBatches", "batch_loader", "on_device", "place"]
+
+#: The training set moves to the GPU once when it takes at most this share of its free memory.
+GPU_SHARE = 0.5
 
 
 class BatchTensors(Dataset[tuple[torch.Tensor, ...]]):
@@ -53,8 +56,35 @@ class ShuffledBatches(Sampler[torch.Tensor]):
 
 
 def batch_loader(
-    dataset: BatchTensors, batch_size: int, generator: torch.Generator
+    dataset: BatchTensors, batch_size: int, generator: torch.Generator, *, pin: bool = False
 ) -> DataLoader[tuple[torch.Tensor, ...]]:
-    """A DataLoader yielding shuffled whole batches; the order depends only on ``generator``."""
+    """A DataLoader yielding shuffled whole batches; the order depends only on ``generator``.
+
+    ``pin`` puts each batch in pinned memory, for non-blocking copies to a GPU.
+    """
     sampler = ShuffledBatches(len(dataset), batch_size, generator)
-    return DataLoader(dataset, sampler=sampler, batch_size=None, generator=generator)
+    return DataLoader(
+        dataset, sampler=sampler, batch_size=None, generator=generator, pin_memory=pin
+    )
+
+
+def place(
+    x: torch.Tensor, y: torch.Tensor, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training tensors where batches are cut from: on a CUDA device when they fit in
+    :data:`GPU_SHARE` of its free memory (moved once), else on the CPU."""
+    if device.type != "cuda":
+        return x.to(device), y.to(device)
+    free, _ = torch.cuda.mem_get_info(device)
+    need = x.element_size() * x.numel() + y.element_size() * y.numel()
+    if need <= GPU_SHARE * free:
+        return x.to(device), y.to(device)
+    return x, y
+
+
+def on_device(
+    batches: Iterable[tuple[torch.Tensor, ...]], device: torch.device
+) -> Iterator[tuple[torch.Tensor, ...]]:
+    """Each batch on ``device``: a no-op for tensors already there, else a non-blocking copy."""
+    for batch in batches:
+        yield tuple(t.to(device, non_blocking=True) for t in batch)

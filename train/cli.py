@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import click
 
@@ -18,6 +19,7 @@ from pomona.train.config import (
     default_lr,
 )
 from pomona.train.dataset import read_table, split_indices
+from pomona.train.stream import DEFAULT_SHUFFLE_BUFFER, needs_streaming
 
 if TYPE_CHECKING:
     from pomona.train.loop import EpochCallback, TrainResult
@@ -66,6 +68,26 @@ class _SizeList(click.ParamType):
         return sizes
 
 
+class _Every(click.ParamType):
+    """``N`` epochs, or a time: ``90s``, ``5m``, ``1h``."""
+
+    name = "EVERY"
+    _UNITS: ClassVar[dict[str, int]] = {"s": 1, "m": 60, "h": 3600}
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, tuple):
+            return value
+        text = str(value).strip().lower()
+        unit = self._UNITS.get(text[-1:]) if text else None
+        try:
+            number = float(text[:-1]) if unit else int(text)
+        except ValueError:
+            number = 0
+        if number <= 0:
+            self.fail(f"{value!r}: expected a number of epochs (5) or a time (90s, 5m)", param, ctx)
+        return (None, number * unit) if unit else (int(number), None)
+
+
 def _validation_text(metrics: dict[str, Any]) -> str:
     val = metrics["validation"]
     if val is None:
@@ -98,7 +120,9 @@ def _summary(result: TrainResult, rows: int) -> str:
     "--data",
     type=click.Path(path_type=str),
     default=None,
-    help="CSV file with a header line. Default: the bundled crop data (15 rows).",
+    help="CSV (with a header line), JSON Lines or Parquet file, or a folder or glob "
+    "('data/part-*.parquet') of such files with the same columns. Default: the bundled "
+    "crop data (15 rows).",
 )
 @click.option(
     "--features",
@@ -201,6 +225,35 @@ def _summary(result: TrainResult, rows: int) -> str:
     help="Folder for checkpoint.pt, metrics.json, history.csv, loss_curve.png.",
 )
 @click.option(
+    "--stream",
+    is_flag=True,
+    help="Train from record batches read from disk, without holding the data in memory "
+    "(chosen by itself when the data would not fit).",
+)
+@click.option(
+    "--shuffle-buffer",
+    type=click.IntRange(min=0),
+    default=DEFAULT_SHUFFLE_BUFFER,
+    show_default=True,
+    metavar="ROWS",
+    help="With --stream: rows held and shuffled before they form batches (shards are "
+    "also read in a seeded order each epoch).",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="N",
+    help="torch threads for training.  [default: the CPUs this process may use]",
+)
+@click.option(
+    "--checkpoint-every",
+    type=_Every(),
+    default="60s",
+    show_default=True,
+    help="Write OUT/checkpoint.pt every N epochs (5) or after a time (90s, 5m); always at the end.",
+)
+@click.option(
     "--resume",
     is_flag=True,
     help="Continue from OUT/checkpoint.pt (same data and settings; --epochs may grow "
@@ -223,12 +276,16 @@ def train(
     seed: int,
     device: str,
     out: str,
+    stream: bool,
+    shuffle_buffer: int,
+    threads: int | None,
+    checkpoint_every: tuple[int | None, float | None],
     resume: bool,
 ) -> None:
-    """Train a regression model on the crop data or a CSV file.
+    """Train a regression model on the crop data or your own (file, folder or glob).
 
-    Writes OUT/checkpoint.pt after every epoch, then OUT/metrics.json,
-    OUT/history.csv and OUT/loss_curve.png.
+    Writes OUT/checkpoint.pt as --checkpoint-every says and at the end, then
+    OUT/metrics.json, OUT/history.csv and OUT/loss_curve.png.
     """
     overlap = sorted(set(features) & set(targets))
     if overlap:
@@ -255,9 +312,21 @@ def train(
         seed=seed,
         device=device,
         out=str(Path(out)),
+        stream=stream,
+        shuffle_buffer=shuffle_buffer,
+        threads=threads,
+        checkpoint_epochs=checkpoint_every[0],
+        checkpoint_seconds=checkpoint_every[1],
     )
-    table = read_table(data, features, targets)
-    split_indices(table, val_fraction, seed)  # fails early when there are too few rows
+    table = None
+    if not stream:
+        reason = needs_streaming(data, len(features) + len(targets))
+        if reason is not None:
+            say(reason)
+            config = dataclasses.replace(config, stream=True)
+    if not config.stream:
+        table = read_table(data, features, targets)
+        split_indices(table, val_fraction, seed)  # fails early when there are too few rows
 
     from pomona.train.loop import train as run_training
 

@@ -10,6 +10,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from pomona.train.stream import DEFAULT_SHUFFLE_BUFFER
+
 __all__ = [
     "DEFAULT_FEATURES",
     "DEFAULT_TARGETS",
@@ -29,7 +31,8 @@ SCHEDULES = ("cosine", "linear", "constant")
 class TrainConfig:
     """Everything that decides a training run. Saved in the checkpoint as plain values."""
 
-    # CSV file with a header line; None trains on the bundled crop data (15 rows).
+    # A CSV (with a header line), JSON Lines or Parquet file, or a folder or glob of such
+    # files (shards with the same columns); None trains on the bundled crop data (15 rows).
     data: str | None = None
     # Input columns, in the order the model takes them.
     features: tuple[str, ...] = DEFAULT_FEATURES
@@ -66,6 +69,17 @@ class TrainConfig:
     device: str = "auto"
     # Folder for checkpoint.pt, metrics.json, history.csv and loss_curve.png.
     out: str = "artifacts"
+    # Train from record batches without holding the data (--stream); the command line
+    # also switches it on when the data would not fit in memory.
+    stream: bool = False
+    # Rows of the shuffle buffer when streaming (0: shard order and file order only).
+    shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER
+    # torch intra-op threads; None: the CPUs this process may use.
+    threads: int | None = None
+    # Write the checkpoint every this many epochs, and/or when this many seconds have
+    # passed since the last one (None: not on that account); always at the end.
+    checkpoint_epochs: int | None = None
+    checkpoint_seconds: float | None = 60.0
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values only (str, int, float, list, None), as ``weights_only`` loading needs."""
@@ -75,9 +89,10 @@ class TrainConfig:
         }
 
 
-# Settings that must match for --resume to continue the same run. ``device`` and ``out``
-# may change, ``epochs`` may grow under the constant schedule (a decaying schedule spans
-# the run, so there it must match too), and the data are compared by checksum, not path.
+# Settings that must match for --resume to continue the same run. ``device``, ``out``,
+# ``threads`` and the checkpoint interval may change, ``epochs`` may grow under the
+# constant schedule (a decaying schedule spans the run, so there it must match too), and
+# the data are compared by checksum (of every shard), not path.
 RESUME_KEYS = (
     "features",
     "targets",
@@ -91,6 +106,8 @@ RESUME_KEYS = (
     "val_fraction",
     "early_stopping",
     "seed",
+    "stream",
+    "shuffle_buffer",
 )
 
 

@@ -2,22 +2,22 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
-from pathlib import Path
 
 import numpy as np
 
 from pomona.runtime.data import read_numbers
+from pomona.runtime.data.shards import find_shards, shards_sha256
 from pomona.runtime.errors import DataError
 
 __all__ = [
     "BUNDLED_DATA",
     "MIN_TRAIN_ROWS",
     "Table",
+    "locate",
     "read_table",
     "split_indices",
 ]
@@ -32,8 +32,8 @@ MIN_TRAIN_ROWS = 2
 class Table:
     """Selected columns of a data file as float32 arrays, with where they came from."""
 
-    source: str  # the file as the user named it, or BUNDLED_DATA
-    sha256: str  # of the file's bytes: --resume uses it to recognise the same data
+    source: str  # the file, folder or glob as the user named it, or BUNDLED_DATA
+    sha256: str  # of the files' bytes (shards_sha256): --resume recognises the same data by it
     feature_names: tuple[str, ...]
     target_names: tuple[str, ...]
     features: np.ndarray  # float32 [rows, features]
@@ -43,24 +43,11 @@ class Table:
         return int(self.features.shape[0])
 
 
-def _locate(path: str | os.PathLike[str] | None) -> tuple[str, Path]:
+def locate(path: str | os.PathLike[str] | None) -> tuple[str, list[str]]:
+    """The name to report and the data files: the bundled file, or a file, folder or glob's."""
     if path is None:
-        return BUNDLED_DATA, Path(str(resources.files("pomona.train").joinpath("data/crop.csv")))
-    name = os.fspath(path)
-    p = Path(name)
-    if not p.exists():
-        raise DataError(f"{name}: no such file")
-    if p.is_dir():
-        raise DataError(f"{name}: is a folder, not a data file")
-    return name, p
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return BUNDLED_DATA, [str(resources.files("pomona.train").joinpath("data/crop.csv"))]
+    return os.fspath(path), find_shards(path)
 
 
 def read_table(
@@ -69,18 +56,20 @@ def read_table(
     targets: Sequence[str],
 ) -> Table:
     """Read ``features`` and ``targets`` columns from a data file (CSV with a header line,
-    JSON Lines or Parquet; see :mod:`pomona.runtime.data` for the rules).
+    JSON Lines or Parquet; see :mod:`pomona.runtime.data` for the rules), or from every
+    data file of a folder or glob (shards, in sorted order, one after another).
 
     ``path=None`` reads the bundled crop data. Every problem raises :class:`DataError`
     naming the file and, for a bad cell, its line (1 is the header) and column.
     """
-    source, file = _locate(path)
-    values = read_numbers(file if path is None else source, [*features, *targets])
-    if path is None:
-        source = BUNDLED_DATA
+    source, files = locate(path)
+    columns = [*features, *targets]
+    parts = [read_numbers(file, columns) for file in files]
+    values = parts[0] if len(parts) == 1 else np.concatenate(parts)
+    del parts
     return Table(
         source=source,
-        sha256=_sha256(file),
+        sha256=shards_sha256(files),
         feature_names=tuple(features),
         target_names=tuple(targets),
         features=np.ascontiguousarray(values[:, : len(features)]),

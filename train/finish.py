@@ -92,6 +92,24 @@ def _plot(out: Path, history: list[dict[str, Any]]) -> str | None:
     return None
 
 
+def _measure(run: Run) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Training and validation metrics of the model (validation None without a split)."""
+    names = run.config.targets
+    if run.stream is not None:
+        return run.stream.metrics(run.model, names)
+    device = run.device
+    train = regression_metrics(evaluate(run.model, run.x_train.to(device)), run.y_train, names)
+    if not len(run.x_val):
+        return train, None
+    return train, regression_metrics(evaluate(run.model, run.x_val.to(device)), run.y_val, names)
+
+
+def _least_squares(run: Run) -> float:
+    if run.stream is not None:
+        return run.stream.least_squares_mse()
+    return least_squares_mse(run.x_train, run.y_train)
+
+
 def finish(run: Run) -> tuple[dict[str, Any], str | None]:
     """Metrics of the kept model, the final checkpoint and the output files.
 
@@ -104,8 +122,7 @@ def finish(run: Run) -> tuple[dict[str, Any], str | None]:
     if best is not None:  # keep the last weights too: --resume with more epochs goes on from them
         last_state = {k: v.detach().cpu().clone() for k, v in run.model.state_dict().items()}
         run.model.load_state_dict(best.model_state)
-    device = run.device
-    x_train = run.x_train.to(device)
+    train_metrics, val_metrics = _measure(run)
     metrics: dict[str, Any] = {
         "epochs": config.epochs,
         "epochs_run": epochs_run,
@@ -114,15 +131,9 @@ def finish(run: Run) -> tuple[dict[str, Any], str | None]:
         "features": list(config.features),
         "targets": list(config.targets),
         "hidden": list(config.hidden),
-        "train": regression_metrics(evaluate(run.model, x_train), run.y_train, config.targets),
-        "validation": (
-            regression_metrics(evaluate(run.model, run.x_val.to(device)), run.y_val, config.targets)
-            if len(run.x_val)
-            else None
-        ),
-        "least_squares_mse": (
-            None if config.hidden else least_squares_mse(run.x_train, run.y_train)
-        ),
+        "train": train_metrics,
+        "validation": val_metrics,
+        "least_squares_mse": None if config.hidden else _least_squares(run),
     }
     metrics["warnings"] = run.warnings + diagnose(metrics, run.history)
     state = run.checkpoint_state(epochs_run, metrics)

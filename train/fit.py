@@ -1,9 +1,10 @@
-"""Fitting: the epochs of SGD, validation, the best epoch and early stopping, a checkpoint
-after every epoch."""
+"""Fitting: the epochs of SGD, validation, the best epoch and early stopping, and a
+checkpoint every N epochs or every so many seconds (see :class:`CheckpointClock`)."""
 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -15,7 +16,7 @@ from pomona.runtime.errors import PomonaError
 from pomona.train.checkpoint import save_checkpoint
 from pomona.train.prepare import BestEpoch, Run
 
-__all__ = ["EpochCallback", "evaluate", "fit", "train_epoch"]
+__all__ = ["CheckpointClock", "EpochCallback", "evaluate", "fit", "train_epoch"]
 
 _EVAL_ROWS = 65536  # rows per forward pass when evaluating, to bound memory on big data
 
@@ -79,8 +80,35 @@ def _track_best(run: Run, epoch: int, val_loss: float) -> None:
         best.stopped = True
 
 
+class CheckpointClock:
+    """Decides after each epoch whether to write the checkpoint: every ``epochs`` epochs
+    and/or once ``seconds`` have passed since the last one (either is enough)."""
+
+    def __init__(self, epochs: int | None, seconds: float | None) -> None:
+        self.epochs, self.seconds = epochs, seconds
+        self.last = time.monotonic()
+
+    def due(self, epoch: int) -> bool:
+        now = time.monotonic()
+        by_count = self.epochs is not None and epoch % self.epochs == 0
+        by_time = self.seconds is not None and now - self.last >= self.seconds
+        if by_count or by_time:
+            self.last = now
+            return True
+        return False
+
+
+def _validation_loss(run: Run, x_val: torch.Tensor, y_val: torch.Tensor) -> float | None:
+    if run.stream is not None:
+        return run.stream.validation_loss(run.model)
+    if not len(x_val):
+        return None
+    return float(nn.functional.mse_loss(evaluate(run.model, x_val), y_val))
+
+
 def fit(run: Run, on_epoch: EpochCallback | None = None) -> None:
-    """Run the epochs left, writing the checkpoint after each; ``on_epoch`` follows it.
+    """Run the epochs left, writing the checkpoint when :class:`CheckpointClock` says so;
+    ``on_epoch`` follows each epoch. (``finish`` writes the last checkpoint.)
 
     Stops early when the validation loss has not improved for ``early_stopping`` epochs.
     Raises :class:`PomonaError` when the training loss stops being finite.
@@ -88,20 +116,21 @@ def fit(run: Run, on_epoch: EpochCallback | None = None) -> None:
     config = run.config
     x_val, y_val = run.x_val.to(run.device), run.y_val.to(run.device)
     net, target_std = run.standardized_net, run.target_scale.std
+    clock = CheckpointClock(config.checkpoint_epochs, config.checkpoint_seconds)
     for epoch in range(run.start + 1, config.epochs + 1):
         if run.best is not None and run.best.stopped:
             break
-        train_loss = train_epoch(net, run.loader, run.optimizer, run.scheduler, target_std)
+        train_loss = train_epoch(net, run.batches(epoch), run.optimizer, run.scheduler, target_std)
         if not math.isfinite(train_loss):
             raise PomonaError(
                 f"training diverged in epoch {epoch}: the training loss is {train_loss}; "
                 f"try a smaller --lr (now {config.lr:g})"
             )
-        val_loss = None
-        if len(x_val):
-            val_loss = float(nn.functional.mse_loss(evaluate(run.model, x_val), y_val))
+        val_loss = _validation_loss(run, x_val, y_val)
+        if val_loss is not None:
             _track_best(run, epoch, val_loss)
         run.history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss})
-        save_checkpoint(run.checkpoint_path, run.checkpoint_state(epoch, None))
+        if epoch < config.epochs and clock.due(epoch):
+            save_checkpoint(run.checkpoint_path, run.checkpoint_state(epoch, None))
         if on_epoch is not None:
             on_epoch(epoch, run.history[-1])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,12 +18,14 @@ from torch.utils.data import DataLoader
 
 from pomona.runtime.artifacts import CHECKPOINT_FILE
 from pomona.runtime.errors import ArtifactError, PomonaError
-from pomona.train.batches import BatchTensors, batch_loader
-from pomona.train.checkpoint import load_checkpoint
-from pomona.train.config import RESUME_KEYS, TrainConfig
+from pomona.runtime.system import available_cpus
+from pomona.train.batches import BatchTensors, batch_loader, on_device, place
+from pomona.train.config import TrainConfig
 from pomona.train.dataset import Table, read_table, split_indices
 from pomona.train.model import Destandardize, Standardize, build_model
+from pomona.train.resume import BestEpoch, restore, resume_state, rng_state
 from pomona.train.schedule import build_scheduler
+from pomona.train.streaming import StreamedData, StreamTable, open_stream
 
 __all__ = [
     "CHECKPOINT_FILE",
@@ -81,7 +84,12 @@ def input_preconditioner(standardized: torch.Tensor, damping: float) -> torch.Te
     crawl. The model itself is unchanged.
     """
     z = standardized.to(torch.float64)
-    corr = z.T @ z / max(1, len(z))
+    return inverse_correlation(z.T @ z / max(1, len(z)), damping)
+
+
+def inverse_correlation(correlation: torch.Tensor, damping: float) -> torch.Tensor:
+    """``(C + damping I)^-1`` in float64, returned as float32 (see input_preconditioner)."""
+    corr = correlation.to(torch.float64)
     eye = torch.eye(corr.shape[0], dtype=torch.float64)
     return torch.linalg.inv(corr + damping * eye).to(torch.float32)
 
@@ -92,33 +100,13 @@ def constant_columns(values: torch.Tensor, names: tuple[str, ...]) -> list[str]:
 
 
 @dataclass
-class BestEpoch:
-    """The epoch with the lowest validation loss so far, its weights, and the wait since."""
-
-    epoch: int
-    val_loss: float
-    model_state: dict[str, torch.Tensor]
-    epochs_without_improvement: int = 0
-    stopped: bool = False  # early stopping ended the run
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "epoch": self.epoch,
-            "val_loss": self.val_loss,
-            "model_state": self.model_state,
-            "epochs_without_improvement": self.epochs_without_improvement,
-            "stopped": self.stopped,
-        }
-
-
-@dataclass
 class Run:
     """Everything the epochs need, built by :func:`prepare` and advanced by ``fit``."""
 
     config: TrainConfig
     device: torch.device
-    table: Table
-    x_train: torch.Tensor  # raw features and targets, on the CPU
+    table: Table | StreamTable
+    x_train: torch.Tensor  # raw features and targets, on the CPU (empty when streaming)
     y_train: torch.Tensor
     x_val: torch.Tensor
     y_val: torch.Tensor
@@ -126,13 +114,22 @@ class Run:
     optimizer: torch.optim.Optimizer
     scheduler: LambdaLR
     sampler: torch.Generator
-    loader: DataLoader[tuple[torch.Tensor, ...]]  # features and *standardized* targets
+    loader: DataLoader[tuple[torch.Tensor, ...]] | None  # features, *standardized* targets
     checkpoint_path: Path
     start: int  # epochs already done (by the checkpoint resumed from)
     resumed: bool
     history: list[dict[str, Any]] = field(default_factory=list)
     best: BestEpoch | None = None
     warnings: list[str] = field(default_factory=list)
+    stream: StreamedData | None = None  # the data, when streamed from disk instead
+
+    def batches(self, epoch: int) -> Iterable[tuple[torch.Tensor, ...]]:
+        """Epoch ``epoch``'s batches of features and standardized targets, on the device."""
+        if self.stream is not None:
+            return self.stream.batches(epoch)
+        if self.loader is None:  # pragma: no cover - prepare sets one or the other
+            raise TypeError("a run needs a loader or a stream")
+        return on_device(self.loader, self.device)
 
     @property
     def out(self) -> Path:
@@ -179,65 +176,10 @@ class Run:
             "scheduler_state": self.scheduler.state_dict(),
             "best": None if self.best is None else self.best.to_dict(),
             "epoch": epoch,
-            "rng": _rng_state(self.sampler),
+            "rng": rng_state(self.sampler),
             "history": self.history,
             "metrics": metrics,
         }
-
-
-def _rng_state(sampler: torch.Generator) -> dict[str, Any]:
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "sampler": sampler.get_state(),
-    }
-
-
-def _restore_rng(rng: dict[str, Any], sampler: torch.Generator) -> None:
-    sampler.set_state(rng["sampler"])
-    torch.set_rng_state(rng["torch"])
-    cuda = rng.get("cuda") or []
-    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(cuda)
-
-
-def _show(value: Any) -> str:
-    if isinstance(value, list):
-        return ",".join(map(str, value)) or "(none)"
-    return str(value)
-
-
-def _resume_state(path: Path, config: TrainConfig, table: Table) -> dict[str, Any]:
-    """Load the checkpoint to continue from, refusing one from a different run."""
-    if not path.is_file():
-        raise ArtifactError(
-            f"--resume: no checkpoint at {path} to continue from; run without --resume to start"
-        )
-    state = load_checkpoint(path)
-    if not isinstance(state.get("rng"), dict) or "sampler" not in state["rng"]:
-        raise ArtifactError(f"{path}: the checkpoint has no training state (RNG) to resume from")
-    saved = state.get("config") or {}
-    now = config.to_dict()
-    keys = RESUME_KEYS if config.schedule == "constant" else (*RESUME_KEYS, "epochs")
-    changes = [
-        f"--{key.replace('_', '-')} {_show(saved.get(key))} there, {_show(now[key])} now"
-        for key in keys
-        if saved.get(key) != now[key]
-    ]
-    if state.get("data_sha256") != table.sha256:
-        changes.append(f"the data differ ({table.source} is not the file it was trained on)")
-    if changes:
-        spans = "; the --schedule spans all --epochs" if "epochs" in keys else ""
-        raise PomonaError(
-            f"cannot resume from {path}: it comes from a different run: {'; '.join(changes)}"
-            f"{spans}. Use the same settings, or drop --resume to start over"
-        )
-    if state["epoch"] > config.epochs:
-        raise PomonaError(
-            f"cannot resume from {path}: it has {state['epoch']} epochs already, "
-            f"more than --epochs {config.epochs}"
-        )
-    return state
 
 
 Statistics = tuple[torch.Tensor, torch.Tensor]  # per-column mean and std
@@ -259,90 +201,134 @@ def _new_model(config: TrainConfig, features: Statistics, targets: Statistics) -
     return model
 
 
-def _precondition(model: nn.Sequential, standardized: torch.Tensor) -> None:
+def _precondition(model: nn.Sequential, correlation: torch.Tensor) -> None:
     """Multiply the first layer's weight gradient by the inverse feature correlation."""
     first = model[1]
     if not isinstance(first, nn.Linear):  # pragma: no cover - build_model's contract
         raise TypeError("build_model's layer 1 must be nn.Linear")
-    inverse = input_preconditioner(standardized, PRECONDITION_DAMPING).to(first.weight.device)
+    inverse = inverse_correlation(correlation, PRECONDITION_DAMPING).to(first.weight.device)
     first.weight.register_hook(lambda grad: grad @ inverse)
 
 
-def _column_warnings(config: TrainConfig, x: torch.Tensor, y: torch.Tensor) -> list[str]:
-    if len(x) < 2:
-        return []
+def _column_warnings(config: TrainConfig, features: list[str], targets: list[str]) -> list[str]:
     notes = [
         f"feature {name} is constant on the training rows: the model cannot use it"
-        for name in constant_columns(x, config.features)
+        for name in features
     ]
-    notes += [
-        f"target {name} is constant on the training rows"
-        for name in constant_columns(y, config.targets)
-    ]
+    notes += [f"target {name} is constant on the training rows" for name in targets]
     return notes
 
 
-def _restore(run: Run, previous: dict[str, Any]) -> None:
-    # A finished run's model_state is its best epoch; the last epoch's weights continue.
-    run.model.load_state_dict(previous.get("last_model_state") or previous["model_state"])
-    run.optimizer.load_state_dict(previous["optimizer_state"])
-    if previous.get("scheduler_state") is not None:
-        run.scheduler.load_state_dict(previous["scheduler_state"])
-    _restore_rng(previous["rng"], run.sampler)
-    run.history = [dict(row) for row in previous.get("history") or []]
-    best = previous.get("best")
-    if best:
-        run.best = BestEpoch(**best)
+@dataclass
+class _Data:
+    """The training data as the rest of :func:`prepare` needs them, in memory or streamed."""
+
+    table: Table | StreamTable
+    features: Statistics
+    targets: Statistics
+    correlation: torch.Tensor  # of the standardized features over the training rows
+    training_rows: int
+    warnings: list[str]
+    tensors: dict[str, torch.Tensor]  # x_train, y_train, x_val, y_val (empty when streamed)
+    stream: StreamedData | None = None
 
 
-def prepare(config: TrainConfig, table: Table | None = None, resume: bool = False) -> Run:
-    """Read and split the data, build model, optimizer and schedule; restore a resumed run."""
-    device = resolve_device(config.device)
+def _in_memory(config: TrainConfig, table: Table | None) -> _Data:
     if table is None:
         table = read_table(config.data, config.features, config.targets)
     train_rows, val_rows = split_indices(table, config.val_fraction, config.seed)
-    x_train = torch.from_numpy(table.features[train_rows])
-    y_train = torch.from_numpy(table.targets[train_rows])
+    x = torch.from_numpy(table.features[train_rows])
+    y = torch.from_numpy(table.targets[train_rows])
+    x_mean, x_std = standardization(x)
+    z = ((x - x_mean) / x_std).to(torch.float64)
+    constant = (constant_columns(x, config.features), constant_columns(y, config.targets))
+    return _Data(
+        table=table,
+        features=(x_mean, x_std),
+        targets=standardization(y),
+        correlation=z.T @ z / max(1, len(z)),
+        training_rows=len(x),
+        warnings=_column_warnings(config, *constant) if len(x) >= 2 else [],
+        tensors={
+            "x_train": x,
+            "y_train": y,
+            "x_val": torch.from_numpy(table.features[val_rows]),
+            "y_val": torch.from_numpy(table.targets[val_rows]),
+        },
+    )
+
+
+def _streamed(config: TrainConfig, device: torch.device) -> _Data:
+    stream = open_stream(config, device)
+    empty = torch.zeros((0, len(config.features)))
+    none = torch.zeros((0, len(config.targets)))
+    constant = (stream.constant("features"), stream.constant("targets"))
+    return _Data(
+        table=stream.table,
+        features=stream.statistics("features"),
+        targets=stream.statistics("targets"),
+        correlation=stream.correlation,
+        training_rows=stream.training_rows,
+        warnings=_column_warnings(config, *constant),
+        tensors={"x_train": empty, "y_train": none, "x_val": empty, "y_val": none},
+        stream=stream,
+    )
+
+
+def _loader(
+    config: TrainConfig, data: _Data, device: torch.device, sampler: torch.Generator
+) -> Any:
+    """Whole shuffled batches; the training set moves to a GPU once when it fits there."""
+    if data.stream is not None:
+        return None
+    x, y = data.tensors["x_train"], data.tensors["y_train"]
+    y_mean, y_std = data.targets
+    x, y = place(x, (y - y_mean) / y_std, device)
+    return batch_loader(BatchTensors(x, y), config.batch_size, sampler, pin=x.device != device)
+
+
+def prepare(config: TrainConfig, table: Table | None = None, resume: bool = False) -> Run:
+    """Read and split the data (or scan it, when streaming), build model, optimizer and
+    schedule; restore a resumed run."""
+    device = resolve_device(config.device)
+    torch.set_num_threads(config.threads or available_cpus())
+    data = _streamed(config, device) if config.stream else _in_memory(config, table)
     out = Path(config.out)
     checkpoint_path = out / CHECKPOINT_FILE
-    previous = _resume_state(checkpoint_path, config, table) if resume else None
+    previous = resume_state(checkpoint_path, config, data.table) if resume else None
 
-    x_mean, x_std = standardization(x_train)
-    y_mean, y_std = standardization(y_train)
-    model = _new_model(config, (x_mean, x_std), (y_mean, y_std)).to(device)
+    model = _new_model(config, data.features, data.targets).to(device)
     if config.precondition:
-        _precondition(model, (x_train - x_mean) / x_std)
+        _precondition(model, data.correlation)
     optimizer = torch.optim.SGD(
         model.parameters(),
         lr=config.lr,
         momentum=config.momentum,
         weight_decay=config.weight_decay,
     )
-    steps = config.epochs * math.ceil(len(x_train) / config.batch_size)
+    steps = config.epochs * math.ceil(data.training_rows / config.batch_size)
     sampler = torch.Generator().manual_seed(config.seed)
-    y_standard = ((y_train - y_mean) / y_std).to(device)
     run = Run(
         config=config,
         device=device,
-        table=table,
-        x_train=x_train,
-        y_train=y_train,
-        x_val=torch.from_numpy(table.features[val_rows]),
-        y_val=torch.from_numpy(table.targets[val_rows]),
+        table=data.table,
+        x_train=data.tensors["x_train"],
+        y_train=data.tensors["y_train"],
+        x_val=data.tensors["x_val"],
+        y_val=data.tensors["y_val"],
         model=model,
         optimizer=optimizer,
         scheduler=build_scheduler(optimizer, config.schedule, steps),
         sampler=sampler,
-        loader=batch_loader(
-            BatchTensors(x_train.to(device), y_standard), config.batch_size, sampler
-        ),
+        loader=_loader(config, data, device, sampler),
         checkpoint_path=checkpoint_path,
         start=0 if previous is None else int(previous["epoch"]),
         resumed=previous is not None,
-        warnings=_column_warnings(config, x_train, y_train),
+        warnings=data.warnings,
+        stream=data.stream,
     )
     if previous is not None:
-        _restore(run, previous)
+        restore(run, previous)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:

@@ -169,3 +169,35 @@ def test_a_checkpoint_without_target_standardization_still_exports(tmp_path: Pat
     assert result.onnx_ops == ("Gemm",) and result.fold_note is None
     rebuilt = model_from_checkpoint(load_checkpoint(checkpoint))
     assert rebuilt[-1].mean.tolist() == [0.0, 0.0] and rebuilt[-1].std.tolist() == [1.0, 1.0]
+
+
+def _offset_data(path: Path, offset: float, rows: int = 400) -> Path:
+    """Crop-like rows whose first feature sits ``offset`` away from zero with spread 1."""
+    rng = np.random.default_rng(5)
+    x = rng.normal([offset, 90.0, 55.0], [1.0, 30.0, 12.0], size=(rows, 3))
+    y = (x - [offset, 0, 0]) @ np.array([[2.0, -1.0], [0.9, 0.8], [0.6, 0.4]])
+    y += rng.normal(0, 1, (rows, 2))
+    lines = ["temp,rainfall,humidity,apples,oranges"]
+    lines += [",".join(repr(float(v)) for v in row) for row in np.hstack([x, y]).astype(np.float32)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_trained_models_on_both_sides_of_the_fold_limit_export_equivalent(tmp_path: Path) -> None:
+    # Real trained models, a feature ever farther from zero: folding it cancels more
+    # digits in float32, until the exporter keeps the standardization instead.
+    from pomona.train.config import TrainConfig
+    from pomona.train.loop import train
+
+    folded_at: dict[float, bool] = {}
+    for offset in (1e2, 1e5):
+        data = _offset_data(tmp_path / f"d{offset:g}.csv", offset)
+        out = tmp_path / f"run{offset:g}"
+        config = TrainConfig(data=str(data), epochs=3, device="cpu", out=str(out), threads=1)
+        train(config)
+        result = export_checkpoint(out / "checkpoint.pt", out)
+        assert result.report.passed
+        assert max(c.worst_fraction_of_tolerance for c in result.report.checks) <= 1
+        folded_at[offset] = result.fold_note is None
+        assert (result.onnx_ops == ("Gemm",)) == folded_at[offset]
+    assert folded_at == {1e2: True, 1e5: False}

@@ -46,6 +46,28 @@ def _epoch_in(path: Path) -> int:
         return 0
 
 
+def kill_after_a_checkpoint(options: list[str], out: Path) -> int:
+    """Run ``pomona train OPTIONS --out OUT``, SIGKILL it once a checkpoint is written;
+    return the checkpoint's epoch."""
+    errors_path = out.parent / f"{out.name}.err"
+    with errors_path.open("w") as errors:
+        proc = subprocess.Popen(
+            [*POMONA, "train", *options, "--out", str(out)],
+            stdout=subprocess.DEVNULL,
+            stderr=errors,
+        )
+    try:
+        while _epoch_in(out / "checkpoint.pt") < 1:
+            if proc.poll() is not None:
+                pytest.fail(f"training ended early: {errors_path.read_text()}")
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    return _epoch_in(out / "checkpoint.pt")
+
+
 def test_sigkill_then_resume_gives_the_uninterrupted_weights(tmp_path: Path) -> None:
     data = write_synthetic(tmp_path / "big.csv", 500)
     options = [
@@ -59,24 +81,12 @@ def test_sigkill_then_resume_gives_the_uninterrupted_weights(tmp_path: Path) -> 
         "cpu",
         "--schedule",
         "constant",
+        "--checkpoint-every",
+        "1",
     ]
     out = tmp_path / "killed"
     # Far more epochs than it can finish before the kill; training stops at epoch k >= 1.
-    with (tmp_path / "killed.err").open("w") as errors:
-        proc = subprocess.Popen(
-            [*POMONA, "train", *map(str, options), "--epochs", "100000", "--out", str(out)],
-            stdout=subprocess.DEVNULL,
-            stderr=errors,
-        )
-    try:
-        while _epoch_in(out / "checkpoint.pt") < 1:
-            if proc.poll() is not None:
-                pytest.fail(f"training ended early: {(tmp_path / 'killed.err').read_text()}")
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.wait()
+    kill_after_a_checkpoint([*map(str, options), "--epochs", "100000"], out)
     killed_at = _epoch_in(out / "checkpoint.pt")
     assert killed_at >= 1
     epochs = killed_at + 2
@@ -150,6 +160,11 @@ def test_resume_with_other_settings_is_refused(tmp_path: Path) -> None:
         (["--schedule", "step"], "--schedule"),
         (["--early-stopping", "0"], "--early-stopping"),
         (["--early-stopping", "3", "--val-fraction", "0"], "needs a validation split"),
+        (["--checkpoint-every", "0"], "expected a number of epochs (5) or a time"),
+        (["--checkpoint-every", "5x"], "expected a number of epochs (5) or a time"),
+        (["--checkpoint-every", "-1m"], "expected a number of epochs (5) or a time"),
+        (["--threads", "0"], "--threads"),
+        (["--shuffle-buffer", "-1"], "--shuffle-buffer"),
     ],
 )
 def test_misuse_is_a_usage_error(options: list[str], message: str, tmp_path: Path) -> None:
@@ -185,6 +200,10 @@ def test_help_lists_every_option() -> None:
         "--seed",
         "--device",
         "--out",
+        "--stream",
+        "--shuffle-buffer",
+        "--threads",
+        "--checkpoint-every",
         "--resume",
     ):
         assert option in result.output

@@ -58,7 +58,7 @@ def test_scheduler_follows_the_factor() -> None:
 def _config(tmp_path: Path, name: str, data: Path, **changes: Any) -> TrainConfig:
     settings: dict[str, Any] = {
         "data": str(data), "epochs": 8, "batch_size": 16, "device": "cpu",
-        "out": str(tmp_path / name), **changes,
+        "checkpoint_epochs": 1, "out": str(tmp_path / name), **changes,
     }  # fmt: skip
     return TrainConfig(**settings)
 
