@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -135,4 +134,3 @@ def place_entry(staged: Path, model_dir: Path, version: int) -> list[Path]:
     os.replace(staged / "version", target)
     os.replace(staged / CONFIG_FILE, model_dir / CONFIG_FILE)
     return [*(target / p.name for p in sorted(target.iterdir())), model_dir / CONFIG_FILE]
-
