@@ -16,11 +16,14 @@ from importlib.metadata import PackageNotFoundError, version
 from time import perf_counter
 from typing import Any
 
+import numpy as np
 import orjson
 import prometheus_client
 
 from pomona.runtime.errors import PomonaError
+from pomona.runtime.files import file_sha256
 from pomona.runtime.predictor import Predictor
+from pomona.runtime.serve.access import UNAUTHORIZED_HEADERS, AccessPolicy
 from pomona.runtime.serve.batching import BATCH_ROWS, MicroBatcher
 from pomona.runtime.serve.body import Disconnected, infer_headers, read_body
 from pomona.runtime.serve.codec import (
@@ -30,7 +33,8 @@ from pomona.runtime.serve.codec import (
     decode_request,
     encode_response,
 )
-from pomona.runtime.serve.metrics import Metrics
+from pomona.runtime.serve.metrics import metrics_for_process
+from pomona.runtime.serve.model_info import model_config, model_metadata, served_name
 
 __all__ = [
     "DEFAULT_MAX_BODY_SIZE",
@@ -62,8 +66,10 @@ _JSON = b"application/json"
 _BINARY = b"application/octet-stream"
 _NO_HEADERS: Headers = []
 _CLOSE = [(b"connection", b"close")]
-_MODEL_PATH = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?(/ready|/infer)?")
+_MODEL_PATH = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?(/ready|/infer|/config)?")
 _INTERNAL_ERROR = b'{"error":"internal server error"}'
+#: Errors after which the rest of the request body is not read: the connection closes.
+_CLOSING_STATUSES = frozenset({408, 413, 503})
 
 
 def _pomona_version() -> str:
@@ -84,6 +90,7 @@ class InferenceApp:
         max_body_size: int = DEFAULT_MAX_BODY_SIZE,
         registry: prometheus_client.CollectorRegistry | None = None,
         micro_batch: bool = True,
+        access: AccessPolicy | None = None,
     ) -> None:
         if not name or "/" in name:
             raise ValueError(f"model name must be non-empty and contain no '/': {name!r}")
@@ -94,13 +101,16 @@ class InferenceApp:
         self.max_body_size = max_body_size
         # The model is loaded (and checked against its manifest) before the app exists.
         self.ready = True
-        self.metrics = Metrics(registry)
+        self.metrics = metrics_for_process(registry)
+        self._access = access
         self._io = ModelIO(predictor.input_name, predictor.output_name, predictor.n_features)
-        self._batcher = MicroBatcher(predictor.predict) if micro_batch else None
+        self._batcher = MicroBatcher(self._predict) if micro_batch else None
         self._server_metadata = orjson.dumps(
             {"name": SERVER_NAME, "version": _pomona_version(), "extensions": [BINARY_EXTENSION]}
         )
-        self._model_metadata = orjson.dumps(_model_metadata(predictor, name))
+        sha256 = file_sha256(predictor.path)
+        self._model_metadata = orjson.dumps(model_metadata(predictor, name, MODEL_VERSION, sha256))
+        self._model_config = orjson.dumps(model_config(predictor, name))
         self._routes = self._route_table()
 
     def _route_table(self) -> dict[str, tuple[str, dict[str, Handler]]]:
@@ -115,6 +125,7 @@ class InferenceApp:
             routes[base] = ("model_metadata", {"GET": self._model_meta})
             routes[base + "/ready"] = ("model_ready", {"GET": self._ready})
             routes[base + "/infer"] = ("infer", {"POST": self._infer})
+            routes[base + "/config"] = ("model_config", {"GET": self._model_conf})
         return routes
 
     # -- ASGI entry point ------------------------------------------------------------------
@@ -139,6 +150,8 @@ class InferenceApp:
         headers = [(b"content-type", content_type), (b"content-length", b"%d" % len(body))]
         if extra:
             headers.extend(extra)
+        if self._access is not None:
+            headers.extend(self._access.response_headers(scope["headers"]))
         try:
             await send({"type": "http.response.start", "status": status, "headers": headers})
             await send({"type": "http.response.body", "body": body})
@@ -152,6 +165,10 @@ class InferenceApp:
         """The response to one request; every failure turned into its error response."""
         path = scope["path"]
         try:
+            if self._access is not None:
+                preflight = _guard(self._access, scope, path)
+                if preflight is not None:
+                    return preflight
             if route is None:
                 raise self._unknown_path(path)
             handler = route[1].get(scope["method"])
@@ -159,8 +176,7 @@ class InferenceApp:
                 return self._not_allowed(scope["method"], path, route[1])
             return await handler(scope, receive)
         except PomonaError as err:
-            body = orjson.dumps({"error": str(err)})
-            return err.http_status, _JSON, body, _CLOSE if err.http_status == 413 else _NO_HEADERS
+            return _error_response(err)
         except Disconnected:
             raise
         except Exception:
@@ -199,12 +215,12 @@ class InferenceApp:
     # -- endpoints -------------------------------------------------------------------------
 
     async def _live(self, scope: Scope, receive: Receive) -> Response:
-        return 200, _JSON, b"", _NO_HEADERS
+        return 200, _JSON, b'{"live":true}', _NO_HEADERS
 
     async def _ready(self, scope: Scope, receive: Receive) -> Response:
         if not self.ready:
             return 400, _JSON, b'{"error":"not ready"}', _NO_HEADERS
-        return 200, _JSON, b"", _NO_HEADERS
+        return 200, _JSON, b'{"ready":true}', _NO_HEADERS
 
     async def _server_meta(self, scope: Scope, receive: Receive) -> Response:
         return 200, _JSON, self._server_metadata, _NO_HEADERS
@@ -212,19 +228,27 @@ class InferenceApp:
     async def _model_meta(self, scope: Scope, receive: Receive) -> Response:
         return 200, _JSON, self._model_metadata, _NO_HEADERS
 
+    async def _model_conf(self, scope: Scope, receive: Receive) -> Response:
+        return 200, _JSON, self._model_config, _NO_HEADERS
+
     async def _metrics(self, scope: Scope, receive: Receive) -> Response:
         content_type, body = self.metrics.exposition()
         return 200, content_type, body, _NO_HEADERS
 
+    def _predict(self, features: np.ndarray) -> np.ndarray:
+        """One model call, counted (``pomona_model_calls``: below the requests when batched)."""
+        self.metrics.model_calls += 1
+        return self.predictor.predict(features)
+
     async def _infer(self, scope: Scope, receive: Receive) -> Response:
         content_length, header_length, encoding = infer_headers(scope["headers"])
-        body = await read_body(receive, content_length, encoding, self.max_body_size)
+        body = await read_body(receive, content_length, encoding, self.max_body_size, scope)
         request = decode_request(body, header_length, self._io)
         features = request.features
         if self._batcher is not None and len(features) <= BATCH_ROWS:
             predictions = await self._batcher.predict(features)
         else:
-            predictions = self.predictor.predict(features)
+            predictions = self._predict(features)
         self.metrics.rows += len(predictions)
         payload, json_length = encode_response(
             predictions,
@@ -239,22 +263,21 @@ class InferenceApp:
         return 200, _BINARY, payload, [(b"inference-header-content-length", b"%d" % json_length)]
 
 
-def _model_metadata(predictor: Predictor, name: str) -> dict[str, Any]:
-    return {
-        "name": name,
-        "versions": [MODEL_VERSION],
-        "platform": "onnxruntime_onnx",
-        "inputs": [
-            {"name": predictor.input_name, "datatype": "FP32", "shape": [-1, predictor.n_features]}
-        ],
-        "outputs": [
-            {"name": predictor.output_name, "datatype": "FP32", "shape": [-1, predictor.n_targets]}
-        ],
-        "parameters": {
-            "feature_names": ",".join(predictor.feature_names),
-            "target_names": ",".join(predictor.target_names),
-        },
-    }
+def _guard(access: AccessPolicy, scope: Scope, path: str) -> Response | None:
+    """A CORS preflight's answer; raise 401 when a token is needed and missing."""
+    preflight = access.preflight(scope["method"], scope["headers"])
+    if preflight is not None:
+        return 204, _JSON, b"", preflight
+    access.check(path, scope["headers"])
+    return None
+
+
+def _error_response(err: PomonaError) -> Response:
+    body = orjson.dumps({"error": str(err)})
+    status = err.http_status
+    if status in _CLOSING_STATUSES:
+        return status, _JSON, body, _CLOSE
+    return status, _JSON, body, UNAUTHORIZED_HEADERS if status == 401 else _NO_HEADERS
 
 
 # -- factories -------------------------------------------------------------------------------
@@ -268,11 +291,23 @@ def load_predictor(model: str | os.PathLike[str], *, check_manifest: bool = True
 def create_app(
     model: str | os.PathLike[str],
     *,
-    name: str = DEFAULT_MODEL_NAME,
+    name: str | None = None,
     max_body_size: int = DEFAULT_MAX_BODY_SIZE,
     check_manifest: bool = True,
     micro_batch: bool = True,
+    access: AccessPolicy | None = None,
+    registry: prometheus_client.CollectorRegistry | None = None,
 ) -> InferenceApp:
-    """Load ``model`` (checking it against its manifest) and return the ASGI app serving it."""
+    """Load ``model`` (checking it against its manifest) and return the ASGI app serving it.
+
+    ``name`` defaults to the name the model was exported under (:func:`served_name`).
+    """
     predictor = load_predictor(model, check_manifest=check_manifest)
-    return InferenceApp(predictor, name=name, max_body_size=max_body_size, micro_batch=micro_batch)
+    return InferenceApp(
+        predictor,
+        name=name or served_name(predictor, DEFAULT_MODEL_NAME),
+        max_body_size=max_body_size,
+        micro_batch=micro_batch,
+        access=access,
+        registry=registry,
+    )

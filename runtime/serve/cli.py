@@ -7,13 +7,16 @@ imported, by the command table in :mod:`pomona.runtime.cli`, which prints the in
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 
 import click
 
 from pomona.runtime.clikit import user_errors
+from pomona.runtime.serve.access import ENV_AUTH_TOKEN, read_token
 from pomona.runtime.serve.app import DEFAULT_MAX_BODY_SIZE, DEFAULT_MODEL_NAME
-from pomona.runtime.serve.uvicorn_server import run_server
+from pomona.runtime.serve.uvicorn_protocol import default_max_connections
+from pomona.runtime.serve.uvicorn_server import Limits, run_server
 
 __all__ = ["serve"]
 
@@ -41,9 +44,9 @@ _LOG_LEVELS = ["critical", "error", "warning", "info", "debug"]
 )
 @click.option(
     "--name",
-    default=DEFAULT_MODEL_NAME,
-    show_default=True,
-    help="Model name in the URL paths: /v2/models/NAME/infer.",
+    default=None,
+    help="Model name in the URL paths: /v2/models/NAME/infer  [default: the name the "
+    f"model was exported under (pomona export --name), else {DEFAULT_MODEL_NAME}]",
 )
 @click.option(
     "--workers",
@@ -83,6 +86,69 @@ _LOG_LEVELS = ["critical", "error", "warning", "info", "debug"]
     show_default=True,
     help="Predict small requests that arrive together in one onnxruntime call.",
 )
+@click.option(
+    "--auth-token-file",
+    type=click.Path(exists=True, dir_okay=False, readable=True, path_type=Path),
+    default=None,
+    help="Require 'Authorization: Bearer TOKEN' on every route but /v2/health/*; TOKEN is "
+    f"this file's first line [default: ${ENV_AUTH_TOKEN} if set, else no token]",
+)
+@click.option(
+    "--no-auth",
+    is_flag=True,
+    help="Allow a non-loopback --host without a token (a proxy in front checks callers).",
+)
+@click.option(
+    "--cors-origin",
+    "cors_origins",
+    multiple=True,
+    metavar="ORIGIN",
+    help="Let browser pages from ORIGIN (e.g. https://app.example.com, or *) call the "
+    "server; repeat for several. CORS is off unless given.",
+)
+@click.option(
+    "--timeout-header",
+    type=click.FloatRange(min=0.1),
+    default=Limits.header_timeout,
+    show_default=True,
+    help="Seconds a request's head may take from the connection opening or the previous "
+    "response; then 408 and the connection closes.",
+)
+@click.option(
+    "--timeout-body",
+    type=click.FloatRange(min=0.1),
+    default=Limits.body_timeout,
+    show_default=True,
+    help="Seconds a request body may stop arriving before the request gets 408.",
+)
+@click.option(
+    "--timeout-keep-alive",
+    type=click.FloatRange(min=0.1),
+    default=5.0,
+    show_default=True,
+    help="Seconds an idle connection stays open after a response.",
+)
+@click.option(
+    "--graceful-timeout",
+    type=click.FloatRange(min=0),
+    default=Limits.graceful_timeout,
+    show_default=True,
+    help="On SIGTERM, seconds to finish requests in flight; bodies still arriving then get 503.",
+)
+@click.option(
+    "--max-header-size",
+    type=click.IntRange(min=1024),
+    default=Limits.max_header_size,
+    show_default=True,
+    help="Largest request head (request line and headers) in bytes; larger ones get 431.",
+)
+@click.option(
+    "--max-connections",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Open connections per process; past it the longest idle one is closed  "
+    "[default: the open-file limit less 64]",
+)
 @user_errors
 def serve(
     model: Path,
@@ -95,6 +161,15 @@ def serve(
     log_level: str,
     access_log: bool,
     micro_batch: bool,
+    auth_token_file: Path | None,
+    no_auth: bool,
+    cors_origins: tuple[str, ...],
+    timeout_header: float,
+    timeout_body: float,
+    timeout_keep_alive: float,
+    graceful_timeout: float,
+    max_header_size: int,
+    max_connections: int | None,
 ) -> None:
     """Serve MODEL (model.onnx) over HTTP with the Open Inference Protocol (KServe V2).
 
@@ -105,10 +180,27 @@ def serve(
       POST /v2/models/NAME[/versions/1]/infer   JSON or binary tensor data
       GET  /metrics                             Prometheus metrics
 
-    Stops on SIGTERM or Ctrl-C after finishing the requests in flight.
+    Stops on SIGTERM or Ctrl-C after finishing the requests in flight. A host other than
+    a loopback address needs a token (--auth-token-file or $POMONA_AUTH_TOKEN) or --no-auth.
     """
-    if not name or "/" in name:
+    if name is not None and (not name or "/" in name):
         raise click.BadParameter("must be non-empty and contain no '/'", param_hint="--name")
+    try:
+        token = read_token(auth_token_file)
+    except (OSError, ValueError) as err:
+        raise click.BadParameter(str(err), param_hint="--auth-token-file") from None
+    if token is None and not no_auth and not _is_loopback(host):
+        raise click.UsageError(
+            f"--host {host} exposes the server to the network: give a token "
+            f"(--auth-token-file or ${ENV_AUTH_TOKEN}), or --no-auth if a proxy checks callers"
+        )
+    limits = Limits(
+        header_timeout=timeout_header,
+        body_timeout=timeout_body,
+        graceful_timeout=graceful_timeout,
+        max_header_size=max_header_size,
+        max_connections=max_connections or default_max_connections(),
+    )
     started = run_server(
         model,
         host=host,
@@ -120,6 +212,19 @@ def serve(
         log_level=log_level.lower(),
         access_log=access_log,
         micro_batch=micro_batch,
+        token=token,
+        cors_origins=cors_origins,
+        limits=limits,
+        keep_alive=timeout_keep_alive,
     )
     if not started:
         raise click.ClickException(f"the server did not start on {host}:{port}")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

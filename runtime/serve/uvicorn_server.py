@@ -1,56 +1,55 @@
-"""Every tie of ``pomona serve`` to uvicorn: options, the server, workers, one write per response.
+"""Every tie of ``pomona serve`` to uvicorn: options, the server, workers, the socket.
 
 - :func:`uvicorn_options`: the settings ``pomona serve`` (and the serving benchmark's
-  ceiling) run with: httptools (through :class:`CoalescingHttpToolsProtocol`) and uvloop
-  when installed, no websockets, no server header.
+  ceiling) run with: httptools (through the guarded, coalescing protocol of
+  :mod:`.uvicorn_protocol`) and uvloop when installed, no websockets, no server header.
 - :class:`GracefulServer`: uvicorn's server, exiting 0 after a handled SIGTERM/SIGINT.
-- :func:`run_server`: load the model, then serve it in this process or in ``workers``
-  processes, which build their app with :func:`app_from_env` from ``POMONA_SERVE_*``.
-- :class:`CoalescingTransport`: uvicorn writes a response's status line and headers when
-  the application sends ``http.response.start`` and its body on ``http.response.body``:
-  two ``write`` calls, and with ``TCP_NODELAY`` two TCP segments. On a model that answers
-  in microseconds the second send is a large share of a request's cost: sending both at
-  once cut the server's CPU time per one-row request by about a third. The transport
-  holds what the protocol writes during one event-loop callback and hands it to the real
-  transport at once, in one ``writelines`` (one ``writev`` on uvloop), as soon as that
-  callback returns. Only the order of the loop's work changes: every byte goes out in the
-  order written, no later than the loop's next turn, and before the transport closes.
-  Without httptools the server runs on uvicorn's own h11 protocol, unchanged.
+- :func:`run_server`: load the model, bind the port (a busy one is a one-line error),
+  then serve in this process or in ``workers`` processes, which build their app with
+  :func:`app_from_env` from ``POMONA_SERVE_*`` and share their metrics through a
+  temporary ``PROMETHEUS_MULTIPROC_DIR`` removed when the server stops.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import copy
+import errno
 import logging
 import logging.config
 import os
+import shutil
 import signal
+import socket
+import tempfile
 import threading
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
 from pathlib import Path
 from typing import Any
 
 import uvicorn
 import uvicorn.config
+from uvicorn.supervisors import Multiprocess
 
+from pomona.runtime.errors import PomonaError
+from pomona.runtime.serve.access import ENV_AUTH_TOKEN, AccessPolicy
 from pomona.runtime.serve.app import (
     DEFAULT_MAX_BODY_SIZE,
-    DEFAULT_MODEL_NAME,
     InferenceApp,
     create_app,
     logger,
 )
-
-try:
-    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-except ImportError:  # no httptools: uvicorn's h11 protocol, as it is
-    HttpToolsProtocol = None  # type: ignore[assignment,misc]
+from pomona.runtime.serve.uvicorn_protocol import (
+    CoalescingTransport,
+    Limits,
+    http_protocol,
+)
 
 __all__ = [
     "CoalescingTransport",
     "GracefulServer",
+    "Limits",
+    "ServeError",
     "app_from_env",
     "http_protocol",
     "run_server",
@@ -63,114 +62,30 @@ ENV_NAME = "POMONA_SERVE_NAME"
 ENV_MAX_BODY_SIZE = "POMONA_SERVE_MAX_BODY_SIZE"
 ENV_CHECK_MANIFEST = "POMONA_SERVE_CHECK_MANIFEST"
 ENV_MICRO_BATCH = "POMONA_SERVE_MICRO_BATCH"
+ENV_CORS = "POMONA_SERVE_CORS_ORIGINS"
+ENV_MULTIPROC = "PROMETHEUS_MULTIPROC_DIR"
+#: Seconds uvicorn waits past the graceful timeout, for the 503s of stalled bodies to go out.
+_SHUTDOWN_MARGIN = 1.0
 
 
-# -- one write per response ------------------------------------------------------------------
-
-
-class CoalescingTransport(asyncio.Transport):
-    """A transport that sends what is written during one loop callback in one call."""
-
-    __slots__ = ("_loop", "_pending", "_transport")
-
-    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
-        super().__init__()
-        self._transport = transport
-        self._loop = loop
-        self._pending: list[bytes | bytearray | memoryview] = []
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        if not data:
-            return
-        if not self._pending:
-            self._loop.call_soon(self.flush)
-        self._pending.append(data)
-
-    def writelines(self, list_of_data: Any) -> None:
-        for data in list_of_data:
-            self.write(data)
-
-    def flush(self) -> None:
-        """Hand everything written so far to the real transport."""
-        if not self._pending:
-            return
-        pending, self._pending = self._pending, []
-        if self._transport.is_closing():
-            return  # as a closed transport's write does: the peer is gone
-        if len(pending) == 1:
-            self._transport.write(pending[0])
-        else:
-            self._transport.writelines(pending)
-
-    def get_write_buffer_size(self) -> int:
-        return self._transport.get_write_buffer_size() + sum(map(len, self._pending))
-
-    def get_write_buffer_limits(self) -> tuple[int, int]:
-        return self._transport.get_write_buffer_limits()
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        self._transport.set_write_buffer_limits(high, low)
-
-    def can_write_eof(self) -> bool:
-        return self._transport.can_write_eof()
-
-    def write_eof(self) -> None:
-        self.flush()
-        self._transport.write_eof()
-
-    def close(self) -> None:
-        self.flush()
-        self._transport.close()
-
-    def abort(self) -> None:
-        self._pending.clear()
-        self._transport.abort()
-
-    def is_closing(self) -> bool:
-        return self._transport.is_closing()
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return self._transport.get_extra_info(name, default)
-
-    def is_reading(self) -> bool:
-        return self._transport.is_reading()
-
-    def pause_reading(self) -> None:
-        self._transport.pause_reading()
-
-    def resume_reading(self) -> None:
-        self._transport.resume_reading()
-
-    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
-        self._transport.set_protocol(protocol)
-
-    def get_protocol(self) -> asyncio.BaseProtocol:
-        return self._transport.get_protocol()
-
-
-if HttpToolsProtocol is not None:
-
-    class CoalescingHttpToolsProtocol(HttpToolsProtocol):
-        """uvicorn's httptools protocol, writing through a :class:`CoalescingTransport`."""
-
-        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            super().connection_made(CoalescingTransport(transport, asyncio.get_running_loop()))
-
-
-def http_protocol() -> type[asyncio.Protocol] | str:
-    """uvicorn's ``http`` setting: the coalescing httptools protocol, or ``"auto"`` without it."""
-    if HttpToolsProtocol is None:
-        return "auto"
-    return CoalescingHttpToolsProtocol
+class ServeError(PomonaError):
+    """The server cannot start: its address is in use or cannot be bound."""
 
 
 # -- options and the server ------------------------------------------------------------------
 
 
 def uvicorn_options(
-    *, host: str, port: int, log_level: str = "info", access_log: bool = False
+    *,
+    host: str,
+    port: int,
+    log_level: str = "info",
+    access_log: bool = False,
+    limits: Limits | None = None,
+    keep_alive: float = 5.0,
 ) -> dict[str, Any]:
     """The uvicorn settings ``pomona serve`` runs with (httptools and uvloop when installed)."""
+    limits = limits or Limits()
     return {
         "http": http_protocol(),
         "host": host,
@@ -181,8 +96,20 @@ def uvicorn_options(
         "lifespan": "on",
         "server_header": False,
         "proxy_headers": False,
-        "timeout_graceful_shutdown": 30,
+        "timeout_keep_alive": keep_alive,
+        "timeout_graceful_shutdown": limits.graceful_timeout + _SHUTDOWN_MARGIN,
+        # Past the cap the guarded protocol closes idle connections; uvicorn answers 503
+        # only when none is idle (one connection more than the cap is open then).
+        "limit_concurrency": limits.max_connections + 1,
+        "h11_max_incomplete_event_size": limits.max_header_size,
     }
+
+
+def uvicorn_config(app: Any, limits: Limits, **options: Any) -> uvicorn.Config:
+    """uvicorn's config, carrying ``limits`` to the protocol (and to worker processes)."""
+    config = uvicorn.Config(app, **options)
+    config.pomona_limits = limits  # type: ignore[attr-defined]
+    return config
 
 
 class GracefulServer(uvicorn.Server):
@@ -224,26 +151,29 @@ def app_from_env() -> InferenceApp:
     """App factory for worker processes: configuration comes from ``POMONA_SERVE_*``."""
     return create_app(
         os.environ[ENV_MODEL],
-        name=os.environ.get(ENV_NAME, DEFAULT_MODEL_NAME),
+        name=os.environ.get(ENV_NAME) or None,
         max_body_size=int(os.environ.get(ENV_MAX_BODY_SIZE, DEFAULT_MAX_BODY_SIZE)),
         check_manifest=os.environ.get(ENV_CHECK_MANIFEST, "1") == "1",
         micro_batch=os.environ.get(ENV_MICRO_BATCH, "1") == "1",
+        access=_access_from_env(),
     )
 
 
-def _hand_to_workers(
-    model: str | os.PathLike[str],
-    *,
-    name: str,
-    max_body_size: int,
-    check_manifest: bool,
-    micro_batch: bool,
-) -> None:
-    os.environ[ENV_MODEL] = str(Path(model).resolve())
-    os.environ[ENV_NAME] = name
-    os.environ[ENV_MAX_BODY_SIZE] = str(max_body_size)
-    os.environ[ENV_CHECK_MANIFEST] = "1" if check_manifest else "0"
-    os.environ[ENV_MICRO_BATCH] = "1" if micro_batch else "0"
+def _access_from_env() -> AccessPolicy | None:
+    token = os.environ.get(ENV_AUTH_TOKEN) or None
+    origins = [o for o in os.environ.get(ENV_CORS, "").split(",") if o]
+    return AccessPolicy(token, origins) if token or origins else None
+
+
+def _hand_to_workers(app: InferenceApp, access: AccessPolicy | None, options: Any) -> None:
+    os.environ[ENV_MODEL] = str(Path(app.predictor.path).resolve())
+    os.environ[ENV_NAME] = app.name
+    os.environ[ENV_MAX_BODY_SIZE] = str(app.max_body_size)
+    os.environ[ENV_CHECK_MANIFEST] = "1" if options["check_manifest"] else "0"
+    os.environ[ENV_MICRO_BATCH] = "1" if options["micro_batch"] else "0"
+    os.environ[ENV_CORS] = ",".join(options["cors_origins"])
+    if options["token"]:
+        os.environ[ENV_AUTH_TOKEN] = options["token"]
 
 
 def _log_start(app: InferenceApp) -> None:
@@ -260,48 +190,105 @@ def _log_start(app: InferenceApp) -> None:
     )
 
 
+def bind_socket(host: str, port: int) -> socket.socket:
+    """The listening socket; a busy or unusable address is a :class:`ServeError`."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        sock = socket.create_server((host, port), family=family, backlog=2048)
+    except OSError as err:
+        if err.errno == errno.EADDRINUSE:
+            raise ServeError(
+                f"port {port} on {host} is already in use; stop what runs there or "
+                "choose another with --port"
+            ) from None
+        raise ServeError(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
 def run_server(
     model: str | os.PathLike[str],
     *,
     host: str = "127.0.0.1",
     port: int = 8000,
-    name: str = DEFAULT_MODEL_NAME,
+    name: str | None = None,
     workers: int = 1,
     max_body_size: int = DEFAULT_MAX_BODY_SIZE,
     check_manifest: bool = True,
     log_level: str = "info",
     access_log: bool = False,
     micro_batch: bool = True,
+    token: str | None = None,
+    cors_origins: Sequence[str] = (),
+    limits: Limits | None = None,
+    keep_alive: float = 5.0,
 ) -> bool:
     """Serve ``model`` until SIGTERM/SIGINT; return whether the server started.
 
-    The model is loaded here first, so a bad model fails before anything listens.
-    With ``workers > 1`` each worker process loads its own one-thread session.
+    The port is bound and the model loaded here first, so a busy port or a bad model
+    fails before any request is answered. With ``workers > 1`` each worker process loads
+    its own one-thread session.
     """
     logging_config = log_config(log_level)
     logging.config.dictConfig(logging_config)
-    app = create_app(
-        model,
-        name=name,
-        max_body_size=max_body_size,
-        check_manifest=check_manifest,
-        micro_batch=micro_batch,
-    )
+    limits = limits or Limits()
+    access = AccessPolicy(token, cors_origins) if token or cors_origins else None
+    sock = bind_socket(host, port)
+    try:
+        app = create_app(
+            model,
+            name=name,
+            max_body_size=max_body_size,
+            check_manifest=check_manifest,
+            micro_batch=micro_batch,
+            access=access,
+        )
+    except BaseException:
+        sock.close()
+        raise
     _log_start(app)
-    options = uvicorn_options(host=host, port=port, log_level=log_level, access_log=access_log)
+    options = uvicorn_options(
+        host=host,
+        port=port,
+        log_level=log_level,
+        access_log=access_log,
+        limits=limits,
+        keep_alive=keep_alive,
+    )
     options["log_config"] = logging_config
     if workers == 1:
-        server = GracefulServer(uvicorn.Config(app, **options))
-        server.run()
+        server = GracefulServer(uvicorn_config(app, limits, **options))
+        server.run(sockets=[sock])
         return server.started
-    del app
     _hand_to_workers(
-        model,
-        name=name,
-        max_body_size=max_body_size,
-        check_manifest=check_manifest,
-        micro_batch=micro_batch,
+        app,
+        access,
+        {
+            "check_manifest": check_manifest,
+            "micro_batch": micro_batch,
+            "cors_origins": list(cors_origins),
+            "token": token,
+        },
     )
-    factory = f"{__name__}:{app_from_env.__name__}"
-    uvicorn.run(factory, factory=True, workers=workers, **options)
+    del app
+    with _shared_metrics_dir():
+        factory = f"{__name__}:{app_from_env.__name__}"
+        config = uvicorn_config(factory, limits, factory=True, workers=workers, **options)
+        Multiprocess(config, sockets=[sock]).run()
     return True
+
+
+@contextlib.contextmanager
+def _shared_metrics_dir() -> Generator[None, None, None]:
+    """A fresh ``PROMETHEUS_MULTIPROC_DIR`` for the workers, removed when they are done."""
+    folder = tempfile.mkdtemp(prefix="pomona-metrics-")
+    previous = os.environ.get(ENV_MULTIPROC)
+    os.environ[ENV_MULTIPROC] = folder
+    try:
+        yield
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        if previous is None:
+            os.environ.pop(ENV_MULTIPROC, None)
+        else:
+            os.environ[ENV_MULTIPROC] = previous

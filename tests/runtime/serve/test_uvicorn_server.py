@@ -105,7 +105,7 @@ def test_everything_else_is_the_real_transports() -> None:
 
 
 def test_pomona_serve_runs_the_coalescing_protocol() -> None:
-    from pomona.runtime.serve.uvicorn_server import CoalescingHttpToolsProtocol
+    from pomona.runtime.serve.uvicorn_protocol import GuardedHttpToolsProtocol
 
     protocol = uvicorn_options(host="127.0.0.1", port=1)["http"]
-    assert protocol is CoalescingHttpToolsProtocol is http_protocol()
+    assert protocol is GuardedHttpToolsProtocol is http_protocol()
