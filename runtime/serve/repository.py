@@ -12,7 +12,7 @@ lists is there with the sha256 recorded: a folder still being copied is *pending
 onnxruntime refuses is *refused* with a logged reason (tried again when its manifest
 changes). A loaded version is checked, then warmed with one prediction.
 
-What is served is one immutable :class:`Snapshot` ``{name -> {version -> LoadedModel}}``.
+What is served is one immutable :class:`~.snapshot.Snapshot` ``{name -> {version -> model}}``.
 :meth:`ModelRepository.refresh` builds the next one off to the side (reusing the
 versions that did not change) and replaces the reference in one assignment: a request
 takes the snapshot once and finishes on the version it started with, and a version
@@ -21,219 +21,56 @@ that fails to load never replaces the one being served.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import threading
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from types import MappingProxyType
-from typing import Any, Literal
+from typing import Literal
 
-import numpy as np
-
-from pomona.runtime.artifacts import MANIFEST_FILE, ONNX_FILE
 from pomona.runtime.errors import ArtifactError
-from pomona.runtime.files import file_sha256
-from pomona.runtime.predictor import Predictor
-from pomona.runtime.serve.codec import ModelIO, RequestError
+from pomona.runtime.serve.codec import RequestError
+from pomona.runtime.serve.snapshot import (
+    VERSION_NAME,
+    LoadedModel,
+    Loader,
+    PendingError,
+    Snapshot,
+    VersionPolicy,
+    load_version,
+    manifest_stamp,
+)
 
-__all__ = [
-    "CONFIG_FILE",
-    "LoadedModel",
-    "ModelRepository",
-    "Snapshot",
-    "VersionPolicy",
-    "check_version_folder",
-    "is_repository",
-]
+__all__ = ["ModelRepository", "RepositoryOptions"]
 
 logger = logging.getLogger("pomona.serve")
 
-#: The Triton model configuration beside the version folders.
-CONFIG_FILE = "config.pbtxt"
-_VERSION = re.compile(r"[1-9][0-9]{0,17}")
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
-
-Loader = Callable[[Path], Predictor]
-
-
-def is_repository(path: Path) -> bool:
-    """Whether ``path`` is a folder (a model repository) rather than a model file."""
-    return path.is_dir()
-
-
-# -- version policy --------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class VersionPolicy:
-    """Which versions of each model are served, as in Triton's ``version_policy``.
+class RepositoryOptions:
+    """How ``pomona serve REPO`` serves a repository (its command-line options)."""
 
-    ``latest`` (the ``count`` highest versions that load), ``all``, or ``specific``
-    (the listed ``versions``). Written ``latest``, ``latest:N``, ``all`` or
-    ``specific:1,3`` by :meth:`parse`.
-    """
+    #: ``latest``, ``latest:N``, ``all`` or ``specific:V[,V...]``.
+    version_policy: str = "latest"
+    #: ``none``: every model in the folder; ``explicit``: those loaded through the API.
+    model_control: Literal["none", "explicit"] = "none"
+    #: Models to load at start with explicit model control.
+    load_models: tuple[str, ...] = ()
+    #: Seconds between scans for new versions (0: no polling).
+    poll: float = 0.0
 
-    kind: Literal["latest", "all", "specific"] = "latest"
-    count: int = 1
-    versions: tuple[int, ...] = ()
-
-    @classmethod
-    def parse(cls, text: str) -> VersionPolicy:
-        kind, _, arg = text.strip().partition(":")
-        try:
-            if kind == "latest":
-                count = int(arg) if arg else 1
-                if count >= 1:
-                    return cls("latest", count)
-            elif kind == "all" and not arg:
-                return cls("all")
-            elif kind == "specific" and arg:
-                versions = tuple(sorted({int(v) for v in arg.split(",")}))
-                if all(v >= 1 for v in versions):
-                    return cls("specific", versions=versions)
-        except ValueError:
-            pass
-        raise ValueError(
-            f"version policy {text!r}: use latest, latest:N, all, or specific:V[,V...]"
+    def open(self, root: str | Path, loader: Loader) -> ModelRepository:
+        """The repository, scanned once; polling (if asked) starts with :meth:`start`."""
+        return ModelRepository(
+            root,
+            loader=loader,
+            policy=VersionPolicy.parse(self.version_policy),
+            explicit=self.model_control == "explicit",
+            startup_models=self.load_models,
         )
-
-    def wanted(self, versions: Iterable[int]) -> list[int]:
-        """The candidate versions, in the order to try them (highest first)."""
-        ordered = sorted(versions, reverse=True)
-        if self.kind == "specific":
-            return [v for v in ordered if v in self.versions]
-        return ordered
-
-    def enough(self, loaded: int) -> bool:
-        """Whether ``loaded`` versions satisfy the policy (stop trying older ones)."""
-        return self.kind == "latest" and loaded >= self.count
-
-
-# -- one version ----------------------------------------------------------------------------
-
-
-class PendingError(ArtifactError):
-    """A version folder that is not complete yet (being written or copied)."""
-
-
-def _stamp(path: Path) -> tuple[int, int, int]:
-    stat = path.stat()
-    return stat.st_ino, stat.st_size, stat.st_mtime_ns
-
-
-def check_version_folder(folder: Path) -> str:
-    """Check a version folder against its manifest; return the manifest's sha256.
-
-    Raises :class:`PendingError` when the manifest or a file it lists is missing,
-    :class:`ArtifactError` when the manifest is unreadable or a file differs from it.
-    """
-    manifest = folder / MANIFEST_FILE
-    try:
-        data = manifest.read_bytes()
-    except FileNotFoundError:
-        raise PendingError(f"{folder}: no {MANIFEST_FILE} yet") from None
-    try:
-        listed = json.loads(data)["artifacts"]
-        expected = {name: entry["sha256"] for name, entry in listed.items()}
-    except (ValueError, KeyError, TypeError, AttributeError):
-        raise ArtifactError(f"{folder}: unreadable {MANIFEST_FILE} (no artifacts sha256)") from None
-    if ONNX_FILE not in expected:
-        raise ArtifactError(f"{folder}: {MANIFEST_FILE} does not list {ONNX_FILE}")
-    for name in expected:
-        if not (folder / name).is_file():
-            raise PendingError(f"{folder}: {name} listed in {MANIFEST_FILE} is not there yet")
-    for name, sha in expected.items():
-        if file_sha256(folder / name) != sha:
-            raise ArtifactError(f"{folder}: {name} differs from {MANIFEST_FILE} (sha256)")
-    return file_sha256(manifest)
-
-
-@dataclass(frozen=True, eq=False)
-class LoadedModel:
-    """One version of one model, loaded, checked and warmed."""
-
-    name: str
-    version: str
-    predictor: Predictor
-    folder: Path
-    #: sha256 of the version's manifest.json: the identity of what is served.
-    digest: str
-    stamp: tuple[int, int, int]
-    io: ModelIO = field(init=False)
-
-    def __post_init__(self) -> None:
-        p = self.predictor
-        object.__setattr__(self, "io", ModelIO(p.input_name, p.output_name, p.n_features))
-
-    def metadata(self, versions: list[str]) -> dict[str, Any]:
-        """The Open Inference Protocol model metadata of this version."""
-        p = self.predictor
-        return {
-            "name": self.name,
-            "versions": versions,
-            "platform": "onnxruntime_onnx",
-            "inputs": [{"name": p.input_name, "datatype": "FP32", "shape": [-1, p.n_features]}],
-            "outputs": [{"name": p.output_name, "datatype": "FP32", "shape": [-1, p.n_targets]}],
-            "parameters": {
-                "feature_names": ",".join(p.feature_names),
-                "target_names": ",".join(p.target_names),
-                "sha256": self.digest,
-            },
-        }
-
-
-def load_version(name: str, version: int, folder: Path, loader: Loader) -> LoadedModel:
-    """Check ``folder`` against its manifest, load its model, warm it with one prediction."""
-    stamp = _stamp(folder / MANIFEST_FILE) if (folder / MANIFEST_FILE).is_file() else (0, 0, 0)
-    digest = check_version_folder(folder)
-    predictor = loader(folder / ONNX_FILE)
-    try:
-        predictor.predict(np.zeros((1, predictor.n_features), dtype=np.float32))
-    except Exception as err:
-        raise ArtifactError(f"{folder}: the warm-up prediction failed: {err}") from err
-    return LoadedModel(name, str(version), predictor, folder, digest, stamp)
-
-
-# -- the snapshot ----------------------------------------------------------------------------
-
-
-class Snapshot:
-    """What is served at one moment: ``{name -> {version -> LoadedModel}}``, never changed."""
-
-    __slots__ = ("_latest", "models")
-
-    def __init__(self, models: Mapping[str, Mapping[str, LoadedModel]]) -> None:
-        self.models: Mapping[str, Mapping[str, LoadedModel]] = MappingProxyType(
-            {name: MappingProxyType(dict(v)) for name, v in models.items() if v}
-        )
-        self._latest = {
-            name: versions[max(versions, key=int)] for name, versions in self.models.items()
-        }
-
-    def get(self, name: str, version: str | None = None) -> LoadedModel:
-        """The version asked for, or the latest ready one; :class:`RequestError` (404) if none."""
-        versions = self.models.get(name)
-        if versions is None:
-            served = ", ".join(sorted(self.models)) or "none"
-            raise RequestError(f"unknown model {name!r}; this server serves: {served}", 404)
-        if not version:
-            return self._latest[name]
-        model = versions.get(version)
-        if model is None:
-            ready = ", ".join(sorted(versions, key=int))
-            raise RequestError(
-                f"version {version!r} of model {name!r} is not ready; ready: {ready}", 404
-            )
-        return model
-
-    def versions(self, name: str) -> list[str]:
-        return sorted(self.models.get(name, {}), key=int)
-
-    def __len__(self) -> int:
-        return sum(len(v) for v in self.models.values())
 
 
 # -- the repository --------------------------------------------------------------------------
@@ -292,7 +129,7 @@ class ModelRepository:
     def _version_dirs(model_dir: Path) -> dict[int, Path]:
         found = {}
         for entry in model_dir.iterdir():
-            if _VERSION.fullmatch(entry.name) and entry.is_dir():
+            if VERSION_NAME.fullmatch(entry.name) and entry.is_dir():
                 found[int(entry.name)] = entry
         return found
 
@@ -338,10 +175,7 @@ class ModelRepository:
     ) -> LoadedModel | None:
         """The version to serve from ``folder``: the one served if unchanged, else a fresh load."""
         old = current.get(str(version))
-        try:
-            stamp: tuple[int, int, int] | None = _stamp(folder / MANIFEST_FILE)
-        except OSError:
-            stamp = None
+        stamp = manifest_stamp(folder)
         if old is not None and old.stamp == stamp:
             return old
         attempt = self._attempts.get((name, version))
@@ -418,7 +252,7 @@ class ModelRepository:
         while not self._stop.wait(interval):
             try:
                 self.refresh()
-            except Exception:  # a scan must never end the polling
+            except Exception:  # a scan must never end the polling  # pragma: no cover
                 logger.exception("scanning the model repository %s failed", self.root)
 
     def stop(self) -> None:

@@ -11,14 +11,12 @@ import pytest
 
 from pomona.runtime.artifacts import MANIFEST_FILE, ONNX_FILE
 from pomona.runtime.errors import ArtifactError
+from pomona.runtime.files import file_sha256
 from pomona.runtime.serve.app import load_predictor
 from pomona.runtime.serve.codec import RequestError
-from pomona.runtime.serve.repository import (
-    ModelRepository,
-    PendingError,
-    VersionPolicy,
-    check_version_folder,
-)
+from pomona.runtime.serve.model_info import model_metadata
+from pomona.runtime.serve.repository import ModelRepository
+from pomona.runtime.serve.snapshot import PendingError, VersionPolicy, check_version_folder
 from tests.runtime.serve.repo_cases import (
     make_repository,
     publish_broken,
@@ -76,13 +74,13 @@ def test_unknown_models_and_versions_are_404_with_what_is_served(tmp_path: Path)
     assert str(caught.value) == "version '1' of model 'apples' is not ready; ready: 2"
 
 
-def test_metadata_names_the_versions_and_the_manifest(tmp_path: Path) -> None:
+def test_versions_are_listed_and_known_by_their_model_sha256(tmp_path: Path) -> None:
     repo = _repo(make_repository(tmp_path), policy=VersionPolicy.parse("all"))
     model = repo.snapshot.get("apples", "1")
-    meta = model.metadata(repo.snapshot.versions("apples"))
-    assert meta["name"] == "apples" and meta["versions"] == ["1", "2"]
+    assert repo.snapshot.versions("apples") == ["1", "2"]
+    assert model.digest == file_sha256(tmp_path / "apples" / "1" / ONNX_FILE)
+    meta = model_metadata(model.predictor, "apples", model.version, model.digest)
     assert meta["inputs"] == [{"name": "features", "datatype": "FP32", "shape": [-1, 3]}]
-    assert len(meta["parameters"]["sha256"]) == 64
 
 
 def test_a_folder_being_written_is_pending_until_its_manifest_vouches_for_it(
