@@ -22,6 +22,7 @@ that fails to load never replaces the one being served.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import threading
 from collections.abc import Iterable, Mapping
@@ -62,7 +63,7 @@ class RepositoryOptions:
     #: Seconds between scans for new versions (0: no polling).
     poll: float = 0.0
 
-    def open(self, root: str | Path, loader: Loader) -> ModelRepository:
+    def open(self, root: str | os.PathLike[str], loader: Loader) -> ModelRepository:
         """The repository, scanned once; polling (if asked) starts with :meth:`start`."""
         return ModelRepository(
             root,
@@ -94,7 +95,7 @@ class ModelRepository:
 
     def __init__(
         self,
-        root: str | Path,
+        root: str | os.PathLike[str],
         *,
         loader: Loader,
         policy: VersionPolicy | None = None,
