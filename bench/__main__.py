@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-SUITES = ["train_loader", "predict", "serve"]
+SUITES = ["train_loader", "predict", "serve", "serve_grpc"]
 
 
 def main(argv: list[str]) -> int:
