@@ -15,6 +15,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tritonclient.grpc as grpcclient
@@ -43,33 +44,29 @@ class Load:
         self.versions: Counter[int] = Counter()
         self.latest = 0
         self.failures: list[str] = []
-        self.threads = [
-            threading.Thread(target=self._run, args=(self._http(server),)) for _ in range(2)
-        ] + [threading.Thread(target=self._run, args=(self._grpc(server),)) for _ in range(2)]
+        clients: list[tuple[Any, str, Callable[[Any], str]]] = [
+            (httpclient, server.url, lambda response: response["model_version"]),
+            (grpcclient, server.grpc_url, lambda response: response.model_version),
+        ]
+        self.threads = [  # two threads per protocol, each with its own client
+            threading.Thread(target=self._run, args=(self._client(*client),))
+            for client in clients
+            for _ in range(2)
+        ]
 
     @staticmethod
-    def _http(server: GrpcServer) -> Callable[[], tuple[str, np.ndarray, bool]]:
-        client = httpclient.InferenceServerClient(server.url)
+    def _client(
+        module: Any, url: str, version_of: Callable[[Any], str]
+    ) -> Callable[[], tuple[str, np.ndarray, bool]]:
+        """One request after another through ``module`` (tritonclient.http or .grpc)."""
+        client = module.InferenceServerClient(url)
 
         def call() -> tuple[str, np.ndarray, bool]:
-            tensor = httpclient.InferInput("features", [1, 3], "FP32")
+            tensor = module.InferInput("features", [1, 3], "FP32")
             tensor.set_data_from_numpy(X)
             result = client.infer("apples", [tensor])
             ready = client.is_server_ready() and client.is_model_ready("apples")
-            return result.get_response()["model_version"], result.as_numpy("predictions"), ready
-
-        return call
-
-    @staticmethod
-    def _grpc(server: GrpcServer) -> Callable[[], tuple[str, np.ndarray, bool]]:
-        client = grpcclient.InferenceServerClient(server.grpc_url)
-
-        def call() -> tuple[str, np.ndarray, bool]:
-            tensor = grpcclient.InferInput("features", [1, 3], "FP32")
-            tensor.set_data_from_numpy(X)
-            result = client.infer("apples", [tensor])
-            ready = client.is_server_ready() and client.is_model_ready("apples")
-            return result.get_response().model_version, result.as_numpy("predictions"), ready
+            return version_of(result.get_response()), result.as_numpy("predictions"), ready
 
         return call
 
