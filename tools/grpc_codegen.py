@@ -1,7 +1,8 @@
 """Generate the Python modules of the gRPC service from ``runtime/serve/proto/*.proto``.
 
-``python -m tools.grpc_codegen`` (after ``pip install "grpcio-tools<1.76"``) runs grpcio-tools' ``protoc`` and
-rewrites the service module's import of its messages as a package-relative one. The
+``python -m tools.grpc_codegen`` (after ``pip install "grpcio-tools<1.76"``) runs
+grpcio-tools' ``protoc`` and rewrites the service module's import of its messages as a
+package-relative one. The
 generated modules are committed, so installing Pomona needs only grpcio and protobuf
 (the ``grpc`` extra), never the compiler. Generated with grpcio-tools < 1.76, whose
 messages need protobuf >= 6.31 and < 7 at run time, as tritonclient's own do.
