@@ -51,7 +51,14 @@ lint: $(STAMP)
 typecheck: $(STAMP) .typing/pomona
 	MYPYPATH=.typing $(BIN)/mypy -p pomona.train -p pomona.export -p pomona.runtime
 
-pytest: $(STAMP)
+# KServe's client pins packages older than ours (pandas<3, psutil<6): its own virtualenv.
+KSERVE_STAMP := .venv-kserve/.installed
+$(KSERVE_STAMP): tests/runtime/serve/kserve-requirements.txt
+	$(PYTHON) -m venv .venv-kserve
+	.venv-kserve/bin/python -m pip install --quiet -r $<
+	@touch $@
+
+pytest: $(STAMP) $(KSERVE_STAMP)
 	POMONA_ALL_EXTRAS=1 $(BIN)/pytest
 
 test: lint typecheck pytest
@@ -84,4 +91,4 @@ docs: $(STAMP)
 	$(BIN)/python -m tools.commands_doc
 
 clean:
-	rm -rf $(VENV) .typing $(OUT) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis bench/out
+	rm -rf $(VENV) .venv-kserve .typing $(OUT) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis bench/out

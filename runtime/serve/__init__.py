@@ -8,8 +8,8 @@ server's own overhead is the whole latency. One module per concern:
                     ``/v2/health/ready``, ``/v2``, ``/v2/models/{name}[/versions/{v}]``,
                     ``.../ready``, ``.../infer``, ``.../config``, ``.../stats``, the
                     repository extension, ``/metrics``), every error as a 4xx/5xx
-                    ``{"error": ...}``; the factories ``create_app``,
-                    ``create_repository_app`` and ``load_predictor``.
+                    ``{"error": ...}``; the factories ``create_app`` and
+                    ``load_predictor``.
 ``snapshot``        what is served at one moment: loaded versions in an immutable
                     ``Snapshot``; the version policy; a version folder checked against
                     its manifest (pending, refused), loaded and warmed.
@@ -20,17 +20,23 @@ server's own overhead is the whole latency. One module per concern:
                     (``grpc_codec``: messages to arrays and back; ``grpc_options``; the
                     generated code and its ``.proto`` in ``proto/``; needs the ``grpc``
                     extra).
-``body``            request bodies: the size limit (413), bodies in several messages,
-                    gzip/deflate.
+``access``          the optional bearer token (401) and CORS for listed origins.
+``model_info``      the served name (the exported one), model metadata with sha256,
+                    Triton's model config.
+``body``            request bodies: header integers, the size limit (413), bodies in
+                    several messages, stalled bodies (408/503), gzip/deflate.
 ``codec``           infer requests and responses: ``decode_request`` (the one entry), the
                     plain reference reader ``decode_reference`` (stdlib ``json``),
                     ``encode_response``, ``RequestError``.
 ``codec_fast``      the quick routes ``decode_request`` tries first (orjson, simdjson,
                     flat arrays); each gives the reference's answer or declines.
 ``batching``        the micro-batcher: small requests of one loop turn, one model call.
-``metrics``         the Prometheus collector behind ``/metrics``.
-``uvicorn_server``  every tie to uvicorn: options, the graceful server, the coalescing
-                    httptools transport (one write per response), worker processes.
+``metrics``         the Prometheus metrics behind ``/metrics``, summed over workers.
+``uvicorn_protocol`` the connection: uvicorn's httptools protocol with one write per
+                    response, timeouts, a head-size limit, a connection cap and a
+                    lingering close.
+``uvicorn_server``  every other tie to uvicorn: options, the graceful server, the
+                    socket (a busy port is one error), worker processes.
 ``cli``             the click ``serve`` command: parses options, calls ``run_server``.
 
 Importing this package needs the ``serve`` extra (orjson, prometheus-client; uvicorn
@@ -45,7 +51,6 @@ from pomona.runtime.serve.app import (
     MODEL_VERSION,
     InferenceApp,
     create_app,
-    create_repository_app,
     load_predictor,
 )
 from pomona.runtime.serve.codec import RequestError
@@ -57,6 +62,5 @@ __all__ = [
     "InferenceApp",
     "RequestError",
     "create_app",
-    "create_repository_app",
     "load_predictor",
 ]

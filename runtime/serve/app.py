@@ -14,6 +14,7 @@ versions change. A request reads the snapshot once and finishes on the version i
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
@@ -22,7 +23,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from functools import partial
 from importlib.metadata import PackageNotFoundError, version
 from time import perf_counter, perf_counter_ns
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import orjson
@@ -39,10 +40,16 @@ from pomona.runtime.serve.codec import (
     decode_request,
     encode_response,
 )
+from pomona.runtime.serve.extensions import (
+    repository_action,
+    repository_index,
+    stats_report,
+    version_metadata,
+)
 from pomona.runtime.serve.metrics import metrics_for_process
-from pomona.runtime.serve.model_info import model_config, model_metadata, served_name
+from pomona.runtime.serve.model_info import model_config, served_name
 from pomona.runtime.serve.repository import ModelRepository
-from pomona.runtime.serve.snapshot import FixedModel, LoadedModel, Snapshot
+from pomona.runtime.serve.snapshot import FixedModel, LoadedModel, ModelSource
 from pomona.runtime.serve.stats import Statistics
 
 __all__ = [
@@ -51,7 +58,6 @@ __all__ = [
     "MODEL_VERSION",
     "InferenceApp",
     "create_app",
-    "create_repository_app",
     "load_predictor",
 ]
 
@@ -90,12 +96,6 @@ def _pomona_version() -> str:
         return version("pomona")
     except PackageNotFoundError:  # pragma: no cover - running from a bare checkout
         return "0+unknown"
-
-
-class ModelSource(Protocol):
-    """Where the app finds its models: anything with a current :class:`Snapshot`."""
-
-    snapshot: Snapshot
 
 
 class InferenceApp:
@@ -146,7 +146,7 @@ class InferenceApp:
 
     def _route_table(self) -> dict[str, tuple[str, dict[str, Handler]]]:
         """Path -> (endpoint label for the metrics, handler by method)."""
-        routes: dict[str, tuple[str, dict[str, Handler]]] = {
+        return {
             "/v2/health/live": ("live", {"GET": self._live}),
             "/v2/health/ready": ("ready", {"GET": self._ready}),
             "/v2": ("server_metadata", {"GET": self._server_meta}),
@@ -154,7 +154,6 @@ class InferenceApp:
             "/v2/models/stats": ("model_stats", {"GET": partial(self._stats, None, None)}),
             "/v2/repository/index": ("repository", {"POST": self._repository_index}),
         }
-        return routes
 
     def _model_route(self, path: str) -> tuple[str, dict[str, Handler]] | None:
         """The route of a model's path (parsed once, then cached), or of a repository action."""
@@ -290,10 +289,7 @@ class InferenceApp:
     async def _model_meta(
         self, name: str, model_version: str | None, scope: Scope, receive: Receive
     ) -> Response:
-        snapshot = self.source.snapshot
-        model = snapshot.get(name, model_version)
-        meta = model_metadata(model.predictor, name, model.version, model.digest)
-        meta["versions"] = snapshot.versions(name)
+        meta = version_metadata(self.source.snapshot, name, model_version)
         return 200, _JSON, orjson.dumps(meta), _NO_HEADERS
 
     async def _model_conf(
@@ -305,13 +301,8 @@ class InferenceApp:
     async def _stats(
         self, name: str | None, model_version: str | None, scope: Scope, receive: Receive
     ) -> Response:
-        snapshot = self.source.snapshot
-        if name is None:
-            served = {n: snapshot.versions(n) for n in snapshot.models}
-        else:
-            model = snapshot.get(name, model_version)
-            served = {name: [model.version] if model_version else snapshot.versions(name)}
-        return 200, _JSON, orjson.dumps(self.stats.report(served)), _NO_HEADERS
+        report = stats_report(self.source.snapshot, self.stats, name, model_version)
+        return 200, _JSON, orjson.dumps(report), _NO_HEADERS
 
     def _predict(self, predictor: Predictor, features: np.ndarray) -> np.ndarray:
         """One model call, counted (``pomona_model_calls``: below the requests when batched)."""
@@ -365,15 +356,7 @@ class InferenceApp:
     # -- the repository extension ------------------------------------------------------------
 
     async def _repository_index(self, scope: Scope, receive: Receive) -> Response:
-        if self.repository is None:
-            snapshot = self.source.snapshot
-            index = [
-                {"name": n, "version": v, "state": "READY"}
-                for n in snapshot.models
-                for v in snapshot.versions(n)
-            ]
-        else:
-            index = self.repository.index()
+        index = repository_index(self.source.snapshot, self.repository)
         return 200, _JSON, orjson.dumps(index), _NO_HEADERS
 
     async def _repository_action(
@@ -381,17 +364,8 @@ class InferenceApp:
     ) -> Response:
         content_length, _, encoding = infer_headers(scope["headers"])
         await read_body(receive, content_length, encoding, self.max_body_size, scope)
-        repository = self.repository
-        if repository is None or not repository.explicit:
-            raise RequestError(
-                f"cannot {action} models: model control is off; "
-                "start the server on a model repository with --model-control explicit",
-                400,
-            )
-        if action == "load":
-            repository.load(name)
-        else:
-            repository.unload(name)
+        # Loading takes a while: off the event loop, which keeps answering meanwhile.
+        await asyncio.to_thread(repository_action, self.repository, action, name)
         return 200, _JSON, b"{}", _NO_HEADERS
 
 
@@ -442,22 +416,4 @@ def create_app(
         micro_batch=micro_batch,
         access=access,
         registry=registry,
-    )
-
-
-def create_repository_app(
-    repository: ModelRepository,
-    *,
-    max_body_size: int = DEFAULT_MAX_BODY_SIZE,
-    micro_batch: bool = True,
-    access: AccessPolicy | None = None,
-    registry: prometheus_client.CollectorRegistry | None = None,
-) -> InferenceApp:
-    """The ASGI app serving every model of ``repository``, as its snapshot changes."""
-    return InferenceApp(
-        max_body_size=max_body_size,
-        micro_batch=micro_batch,
-        access=access,
-        registry=registry,
-        repository=repository,
     )

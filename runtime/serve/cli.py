@@ -33,7 +33,7 @@ _LOG_LEVELS = ["critical", "error", "warning", "info", "debug"]
     default="127.0.0.1",
     show_default=True,
     envvar="POMONA_HOST",
-    help="Address to bind; 0.0.0.0 exposes the server to the network.",
+    help="Address to bind; 0.0.0.0 exposes the server to the network (needs a token or --no-auth).",
 )
 @click.option(
     "--port",
@@ -112,8 +112,8 @@ _LOG_LEVELS = ["critical", "error", "warning", "info", "debug"]
     type=click.FloatRange(min=0.1),
     default=Limits.header_timeout,
     show_default=True,
-    help="Seconds a request's head may take from the connection opening or the previous "
-    "response; then 408 and the connection closes.",
+    help="Seconds a request's head may take from the connection opening or its first "
+    "byte; then 408 (or, if nothing came, a close).",
 )
 @click.option(
     "--timeout-body",

@@ -58,6 +58,7 @@ _WIRE_DTYPES: dict[str, np.dtype[Any]] = {
 # Datatypes the protocol defines but a regression model on numbers cannot take.
 _OTHER_DTYPES = frozenset({"BOOL", "FP16", "BF16", "BYTES"})
 _INT_RANGE = range(-(2**63), 2**64)  # integers JSON readers keep as integers
+_INT_DIGITS = len(str(-(2**63)))  # the most characters a 64-bit JSON integer has
 _NO_BINARY = memoryview(b"")
 
 
@@ -134,6 +135,8 @@ def _reference_json(head: bytes | memoryview) -> Any:
 
 
 def _json_int(text: str) -> int | float:
+    if len(text) > _INT_DIGITS:  # past any 64-bit integer: a float (int() would refuse 4300+)
+        return _json_float(text)
     value = int(text)
     return value if value in _INT_RANGE else _json_float(text)
 

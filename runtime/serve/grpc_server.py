@@ -26,13 +26,13 @@ import grpc
 import grpc.aio
 
 from pomona.runtime.errors import PomonaError
-from pomona.runtime.serve.app import SERVER_NAME, ModelSource, _pomona_version, logger
+from pomona.runtime.serve.app import SERVER_NAME, _pomona_version, logger
 from pomona.runtime.serve.codec import RequestError
 from pomona.runtime.serve.grpc_codec import decode_infer, encode_infer
 from pomona.runtime.serve.grpc_options import GrpcOptions
 from pomona.runtime.serve.proto import open_inference_grpc_pb2 as pb
 from pomona.runtime.serve.proto import open_inference_grpc_pb2_grpc as pb_grpc
-from pomona.runtime.serve.snapshot import LoadedModel
+from pomona.runtime.serve.snapshot import LoadedModel, ModelSource
 from pomona.runtime.serve.stats import Statistics
 
 __all__ = ["GrpcServer", "InferenceServicer", "status_code"]

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 
@@ -29,6 +29,7 @@ from pomona.runtime.serve.codec import ModelIO, RequestError
 __all__ = [
     "FixedModel",
     "LoadedModel",
+    "ModelSource",
     "PendingError",
     "Snapshot",
     "VersionPolicy",
@@ -201,6 +202,12 @@ class Snapshot:
 
     def __len__(self) -> int:
         return sum(len(v) for v in self.models.values())
+
+
+class ModelSource(Protocol):
+    """Where a server finds its models: anything with a current :class:`Snapshot`."""
+
+    snapshot: Snapshot
 
 
 class FixedModel:

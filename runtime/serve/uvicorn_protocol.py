@@ -13,9 +13,10 @@ order written, no later than the loop's next turn, and before the transport clos
 :class:`GuardedHttpToolsProtocol` adds what uvicorn leaves to a proxy in front of it, so
 that slow or hostile clients cannot stall the server (:class:`Limits`):
 
-- a request head must arrive within ``header_timeout`` of the connection opening or of
-  the previous response (a connection that sends nothing, or its head a byte at a time,
-  is closed; one half-way through its head gets 408);
+- a request head must arrive whole within ``header_timeout`` of the connection opening
+  or of its first byte (a connection that sends nothing is closed, one that sends its
+  head a byte at a time gets 408); an idle keep-alive connection closes after uvicorn's
+  ``timeout_keep_alive``;
 - a head larger than ``max_header_size`` gets 431 (httptools would otherwise collect it
   whole, at a cost that grows with the square of its size);
 - a body that stops arriving for ``body_timeout`` gets 408, and on shutdown a body still
@@ -37,7 +38,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import resource
 from typing import Any
 
 import orjson
@@ -53,15 +53,21 @@ __all__ = ["CoalescingTransport", "Limits", "default_max_connections", "http_pro
 
 #: Descriptors kept free for the model, logs and the listening socket.
 _RESERVED_FDS = 64
+#: The connection cap where the descriptor limit is unknown or unlimited.
+_NO_LIMIT = 10_000
 #: How long a lingering close waits while the server shuts down.
 _SHUTDOWN_LINGER = 0.5
 
 
 def default_max_connections() -> int:
     """Open connections a process can hold: its descriptor limit, less a reserve."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - Windows: no descriptor limit to read
+        return _NO_LIMIT
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY:
-        return 10_000
+        return _NO_LIMIT
     return max(16, soft - _RESERVED_FDS)
 
 
@@ -149,6 +155,7 @@ class CoalescingTransport(asyncio.Transport):
             and self._transport.can_write_eof()
         ):
             self._transport.write_eof()
+            self._transport.resume_reading()  # reading may be paused on a full body buffer
             self._linger = self._loop.call_later(self.linger_seconds, self.close)
             return
         self._transport.close()
@@ -225,6 +232,12 @@ if HttpToolsProtocol is not None:
                 if self._head_bytes > self.limits.max_header_size and not self._closing():
                     limit = self.limits.max_header_size
                     self._refuse(431, f"request head exceeds the limit of {limit} bytes")
+                    return
+            # A request read whole in one chunk (the common case) arms no timer at all.
+            if self._timer is None and (self._head_open or self._body_open):
+                limits = self.limits
+                if not self._closing():
+                    self._arm(limits.header_timeout if self._head_open else limits.body_timeout)
 
         # -- parser callbacks ----------------------------------------------------------------
 
@@ -237,20 +250,16 @@ if HttpToolsProtocol is not None:
         def on_headers_complete(self) -> None:
             self._head_open = False
             self._body_open = True
-            self._disarm()
+            if self._timer is not None:
+                self._disarm()
             super().on_headers_complete()
-            self._arm(self.limits.body_timeout)
 
         def on_message_complete(self) -> None:
             self._body_open = False
             self.transport.unread_input = False
-            self._disarm()
+            if self._timer is not None:
+                self._disarm()
             super().on_message_complete()
-
-        def on_response_complete(self) -> None:
-            super().on_response_complete()
-            if not self.transport.is_closing():
-                self._arm(self.limits.header_timeout)
 
         def shutdown(self) -> None:
             self._stopping = True

@@ -40,7 +40,6 @@ from pomona.runtime.serve.app import (
     DEFAULT_MAX_BODY_SIZE,
     InferenceApp,
     create_app,
-    create_repository_app,
     load_predictor,
     logger,
 )
@@ -187,7 +186,7 @@ def _repository_app(
     repository = options.open(root, load_predictor)
     if options.poll:
         repository.start_polling(options.poll)
-    return create_repository_app(repository, **app_options)
+    return InferenceApp(repository=repository, **app_options)
 
 
 def _access_from_env() -> AccessPolicy | None:
@@ -323,6 +322,8 @@ def run_server(
             "repository": repository,
         },
     )
+    if app.repository is not None:
+        app.repository.stop()  # each worker opens and polls the repository itself
     del app
     with _shared_metrics_dir():
         factory = f"{__name__}:{app_from_env.__name__}"

@@ -12,10 +12,8 @@ import json
 import resource
 import signal
 import socket
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,29 +22,14 @@ from hypothesis import strategies as st
 
 from pomona.runtime.serve import InferenceApp, create_app
 from tests.conftest import needs, run_pomona
-from tests.onnx_models import make_linear_onnx
 from tests.runtime.serve.asgi import call
 from tests.runtime.serve.cases import INFER, MAX_BODY, ONE
-from tests.runtime.serve.test_socket import _READY_POLLS, Server, _in_flight
+from tests.runtime.serve.test_socket import Server, send_part_of_a_body
 
 needs("httptools")  # the guarded protocol runs on httptools
 
 _FD_LIMIT = 1024
 _ATTACKERS = 1000
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_linear_onnx(tmp_path_factory.mktemp("model") / "model.onnx")
-
-
-@pytest.fixture(scope="module")
-def server(model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    log = tmp_path_factory.mktemp("log") / "serve.log"
-    srv = Server(model, log, "--max-body-size", str(MAX_BODY), "--log-level", "warning")
-    yield srv
-    assert srv.stop() == 0, log.read_text()
-    assert "Traceback" not in log.read_text()
 
 
 def _response(sock: socket.socket) -> bytes:
@@ -227,14 +210,7 @@ def test_body_that_stops_arriving_gets_408(model: Path, tmp_path: Path) -> None:
 
 def test_sigterm_answers_a_stalled_body_503_and_exits_zero(model: Path, tmp_path: Path) -> None:
     srv = Server(model, tmp_path / "serve.log", "--graceful-timeout", "0.5")
-    body = _infer_body()
-    with socket.create_connection(("127.0.0.1", srv.port), timeout=60) as sock:
-        head = f"POST {INFER} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n"
-        sock.sendall(head.encode() + body[:10])
-        for _ in range(_READY_POLLS):
-            if _in_flight(srv) >= 2:
-                break
-            time.sleep(0.05)
+    with send_part_of_a_body(srv, _infer_body()) as sock:
         srv.proc.send_signal(signal.SIGTERM)
         answer = _response(sock)  # the body never comes
     assert answer.startswith(b"HTTP/1.1 503 "), answer
@@ -257,3 +233,23 @@ def test_busy_port_exits_1_with_one_error_line(model: Path) -> None:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
     assert f"port {port} on 127.0.0.1 is already in use" in lines[0]
+
+
+@pytest.mark.parametrize("field", ["shape", "data", "binary_data_size"])
+def test_five_thousand_digit_json_integer_is_a_400_that_names_it(
+    app: InferenceApp, field: str
+) -> None:
+    bomb = "9" * 5000
+    tensor = {"name": "features", "shape": "[1,3]", "datatype": "FP32", "data": "[1,2,3]"}
+    if field == "binary_data_size":
+        tensor["parameters"] = f'{{"binary_data_size":{bomb}}}'
+    else:
+        tensor[field] = tensor[field].replace("1", bomb, 1)
+    fields = ",".join(
+        f'"{key}":{value}' if key != "name" and key != "datatype" else f'"{key}":"{value}"'
+        for key, value in tensor.items()
+    )
+    answer = call(app, "POST", INFER, f'{{"inputs":[{{{fields}}}]}}'.encode())
+    assert answer.status == 400, answer.body
+    error = json.loads(answer.body)["error"]
+    assert "beyond the range of float64" in error and "int_max_str_digits" not in error

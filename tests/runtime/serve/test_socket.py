@@ -109,20 +109,6 @@ def _limit_fds(limit: int) -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
 
 
-@pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_linear_onnx(tmp_path_factory.mktemp("model") / "model.onnx")
-
-
-@pytest.fixture(scope="module")
-def server(model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    log = tmp_path_factory.mktemp("log") / "serve.log"
-    srv = Server(model, log, "--max-body-size", str(MAX_BODY), "--log-level", "warning")
-    yield srv
-    assert srv.stop() == 0, log.read_text()
-    assert "Traceback" not in log.read_text()
-
-
 # -- HTTP on a raw socket: what the server writes, and when ---------------------------------
 
 
@@ -334,17 +320,25 @@ def _in_flight(server: Server) -> int:
     return int(float(match.group(1)))
 
 
+def send_part_of_a_body(srv: Server, body: bytes) -> socket.socket:
+    """A connection that has sent an infer request's head and 10 bytes of ``body``.
+
+    Returns once the server is inside the request (the scrape itself counts as one).
+    """
+    sock = socket.create_connection(("127.0.0.1", srv.port), timeout=60)
+    head = f"POST {INFER} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n"
+    sock.sendall(head.encode() + body[:10])
+    for _ in range(_READY_POLLS):
+        if _in_flight(srv) >= 2:
+            break
+        time.sleep(0.05)
+    return sock
+
+
 def test_sigterm_finishes_in_flight_request_then_exits_zero(model: Path, tmp_path: Path) -> None:
     srv = Server(model, tmp_path / "serve.log", "--log-level", "warning")
     body = json.dumps({"id": "last", "inputs": [ONE]}).encode()
-    with socket.create_connection(("127.0.0.1", srv.port), timeout=60) as sock:
-        head = f"POST {INFER} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n"
-        sock.sendall(head.encode() + body[:10])
-        # Wait until the server is inside this request (the scrape itself counts as one).
-        for _ in range(_READY_POLLS):
-            if _in_flight(srv) >= 2:
-                break
-            time.sleep(0.05)
+    with send_part_of_a_body(srv, body) as sock:
         srv.proc.send_signal(signal.SIGTERM)
         sock.sendall(body[10:])
         response = b""

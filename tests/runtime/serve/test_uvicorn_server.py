@@ -109,3 +109,53 @@ def test_pomona_serve_runs_the_coalescing_protocol() -> None:
 
     protocol = uvicorn_options(host="127.0.0.1", port=1)["http"]
     assert protocol is GuardedHttpToolsProtocol is http_protocol()
+
+
+class HalfCloser(Recorder):
+    """A recorder whose transport can shut its write side, as TCP transports can."""
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        self.calls.append(("write_eof", None))
+
+    def resume_reading(self) -> None:
+        self.calls.append(("resume_reading", None))
+
+
+def test_close_with_unread_input_lingers_then_closes() -> None:
+    async def body(loop: asyncio.AbstractEventLoop) -> None:
+        real = HalfCloser()
+        transport = CoalescingTransport(real, loop)
+        transport.linger_seconds = 0.01
+        transport.unread_input = True
+        transport.write(b"HTTP/1.1 413 \r\n\r\n")
+        transport.close()
+        # The answer goes out and the write side is shut; reading goes on until the peer
+        # closes or the linger time passes.
+        assert real.calls == [
+            ("write", b"HTTP/1.1 413 \r\n\r\n"),
+            ("write_eof", None),
+            ("resume_reading", None),
+        ]
+        assert transport.lingering and transport.is_closing()
+        while transport.lingering:
+            await asyncio.sleep(0.01)
+        assert real.calls[-1] == ("close", None)
+
+        real = HalfCloser()
+        transport = CoalescingTransport(real, loop)
+        transport.linger_seconds = 60.0
+        transport.unread_input = True
+        transport.close()
+        transport.close()  # closed again while lingering (the peer closed): now
+        assert real.calls[-1] == ("close", None) and not transport.lingering
+
+        real = HalfCloser()
+        transport = CoalescingTransport(real, loop)
+        transport.linger_seconds = 60.0
+        transport.close()  # the request was read whole: a plain close
+        assert real.calls == [("close", None)]
+
+    run(body)
