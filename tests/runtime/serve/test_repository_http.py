@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +14,13 @@ from tritonclient.utils import InferenceServerException
 
 from tests.conftest import run_pomona
 from tests.onnx_models import make_linear_onnx
-from tests.runtime.serve.repo_cases import MODELS, make_repository, publish_broken, which_version
+from tests.runtime.serve.repo_cases import (
+    MODELS,
+    make_repository,
+    publish_broken,
+    publish_version,
+    which_version,
+)
 from tests.runtime.serve.test_socket import Server
 
 X = np.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]], dtype=np.float32)
@@ -154,3 +161,22 @@ def test_model_file_options_on_a_repository_are_usage_errors(repo: Path) -> None
     result = run_pomona("serve", repo, "--name", "x")
     assert result.returncode == 2
     assert "--name applies to a model file, not a model repository" in result.stderr
+
+
+def test_workers_each_serve_and_poll_the_repository(tmp_path: Path) -> None:
+    repo = make_repository(tmp_path / "repo", (1,))
+    server = Server(repo, tmp_path / "log", "--workers", "2", "--poll", "0.05")
+    client = httpclient.InferenceServerClient(server.url)
+    try:
+        assert {_infer(client, "apples")[0] for _ in range(8)} == {"1"}
+        publish_version(repo, "apples", 2)
+        seen: list[str] = []
+        for _ in range(2400):  # x 0.05 s: how long the workers may take to swap
+            seen = [_infer(client, "apples")[0] for _ in range(8)]
+            if seen == ["2"] * 8:
+                break
+            time.sleep(0.05)
+        assert seen == ["2"] * 8
+    finally:
+        client.close()
+        assert server.stop() == 0
