@@ -315,37 +315,31 @@ class InferenceApp:
         model = self.source.snapshot.get(name, model_version)
         start = perf_counter_ns()
         try:
-            response, rows = await self._infer_with(model, scope, receive)
+            content_length, header_length, encoding = infer_headers(scope["headers"])
+            body = await read_body(receive, content_length, encoding, self.max_body_size, scope)
+            request = decode_request(body, header_length, model.io)
+            features = request.features
+            if self._micro_batch and len(features) <= BATCH_ROWS:
+                predictions = await self._batcher(model).predict(features)
+            else:
+                predictions = self._predict(model.predictor, features)
         except PomonaError:
             self.stats.record(name, model.version, perf_counter_ns() - start, 0, ok=False)
             raise
-        self.stats.record(name, model.version, perf_counter_ns() - start, rows, ok=True)
-        return response
-
-    async def _infer_with(
-        self, model: LoadedModel, scope: Scope, receive: Receive
-    ) -> tuple[Response, int]:
-        content_length, header_length, encoding = infer_headers(scope["headers"])
-        body = await read_body(receive, content_length, encoding, self.max_body_size, scope)
-        request = decode_request(body, header_length, model.io)
-        features = request.features
-        if self._micro_batch and len(features) <= BATCH_ROWS:
-            predictions = await self._batcher(model).predict(features)
-        else:
-            predictions = self._predict(model.predictor, features)
-        self.metrics.rows += len(predictions)
+        rows = len(predictions)
+        self.metrics.rows += rows
         payload, json_length = encode_response(
             predictions,
-            model_name=model.name,
+            model_name=name,
             model_version=model.version,
             output_name=model.io.output_name,
             request_id=request.id,
             binary_output=request.binary_output,
         )
+        self.stats.record(name, model.version, perf_counter_ns() - start, rows, ok=True)
         if json_length is None:
-            return (200, _JSON, payload, _NO_HEADERS), len(predictions)
-        headers = [(b"inference-header-content-length", b"%d" % json_length)]
-        return (200, _BINARY, payload, headers), len(predictions)
+            return 200, _JSON, payload, _NO_HEADERS
+        return 200, _BINARY, payload, [(b"inference-header-content-length", b"%d" % json_length)]
 
     def _batcher(self, model: LoadedModel) -> MicroBatcher:
         batcher = self._batchers.get(model)

@@ -34,6 +34,14 @@ class VersionStats:
     rows: int = 0
     last_inference_ms: int = 0
 
+    def add(self, other: VersionStats) -> None:
+        self.success_count += other.success_count
+        self.success_ns += other.success_ns
+        self.fail_count += other.fail_count
+        self.fail_ns += other.fail_ns
+        self.rows += other.rows
+        self.last_inference_ms = max(self.last_inference_ms, other.last_inference_ms)
+
     def as_dict(self, name: str, version: str) -> dict[str, Any]:
         return {
             "name": name,
@@ -49,33 +57,47 @@ class VersionStats:
 
 
 class Statistics:
-    """Counters by ``(model, version)``; safe to update from the REST loop and gRPC threads."""
+    """Counters by ``(model, version)``, updated without a lock: each thread (the REST event
+    loop, the gRPC one) counts in its own table, and a report sums the tables."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._stats: dict[tuple[str, str], VersionStats] = {}
+        self._lock = threading.Lock()  # only to register a thread's table and to report
+        self._tables: list[dict[tuple[str, str], VersionStats]] = []
+        self._local = threading.local()
+
+    def _table(self) -> dict[tuple[str, str], VersionStats]:
+        table: dict[tuple[str, str], VersionStats] = {}
+        with self._lock:
+            self._tables.append(table)
+        self._local.table = table
+        return table
 
     def record(self, name: str, version: str, ns: int, rows: int, ok: bool) -> None:
         """Count one request of ``rows`` rows that took ``ns`` nanoseconds."""
-        with self._lock:
-            stats = self._stats.get((name, version))
-            if stats is None:
-                stats = self._stats[(name, version)] = VersionStats()
-            if ok:
-                stats.success_count += 1
-                stats.success_ns += ns
-                stats.rows += rows
-            else:
-                stats.fail_count += 1
-                stats.fail_ns += ns
-            stats.last_inference_ms = time.time_ns() // 1_000_000
+        table = getattr(self._local, "table", None) or self._table()
+        stats = table.get((name, version))
+        if stats is None:
+            stats = table[(name, version)] = VersionStats()
+        if ok:
+            stats.success_count += 1
+            stats.success_ns += ns
+            stats.rows += rows
+        else:
+            stats.fail_count += 1
+            stats.fail_ns += ns
+        stats.last_inference_ms = time.time_ns() // 1_000_000
 
     def report(self, served: dict[str, list[str]]) -> dict[str, Any]:
         """``{"model_stats": [...]}`` for the ``served`` ``{name: [versions]}``."""
         with self._lock:
-            rows = [
-                self._stats.get((name, version), VersionStats()).as_dict(name, version)
-                for name in sorted(served)
-                for version in served[name]
-            ]
+            tables = list(self._tables)
+        rows = []
+        for name in sorted(served):
+            for version in served[name]:
+                total = VersionStats()
+                for table in tables:
+                    part = table.get((name, version))
+                    if part is not None:
+                        total.add(part)
+                rows.append(total.as_dict(name, version))
         return {"model_stats": rows}
