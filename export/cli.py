@@ -78,8 +78,15 @@ def report_lines(report: EquivalenceReport) -> list[str]:
     "--triton-repo",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help="Also write a Triton model repository entry: DIR/NAME/config.pbtxt and "
-    f"DIR/NAME/1/{ONNX_FILE}.",
+    help="Also write a Triton model repository entry: DIR/NAME/config.pbtxt and the "
+    f"version folder DIR/NAME/VERSION/ ({ONNX_FILE}, {TORCHSCRIPT_FILE}, {MANIFEST_FILE}), "
+    "which appears whole.",
+)
+@click.option(
+    "--triton-version",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Version folder for --triton-repo (replaced if there). [default: the next version]",
 )
 @click.option(
     "--ort",
@@ -89,7 +96,12 @@ def report_lines(report: EquivalenceReport) -> list[str]:
 )
 @user_errors
 def export(
-    checkpoint: Path, out: Path | None, name: str, triton_repo: Path | None, ort: bool
+    checkpoint: Path,
+    out: Path | None,
+    name: str,
+    triton_repo: Path | None,
+    triton_version: int | None,
+    ort: bool,
 ) -> None:
     """Export a checkpoint to ONNX and TorchScript, proven equivalent to the trained model.
 
@@ -99,7 +111,9 @@ def export(
     onnxruntime and numpy), and moves the files into place only if every
     check passes. A failed export leaves earlier files untouched.
     """
-    result = export_checkpoint(checkpoint, out, name=name, triton_repo=triton_repo, ort=ort)
+    result = export_checkpoint(
+        checkpoint, out, name=name, triton_repo=triton_repo, triton_version=triton_version, ort=ort
+    )
     graph = ", ".join(result.onnx_ops)
     say(f"Wrote {', '.join(str(path) for path in result.files)}")
     say(f"ONNX graph: {graph}")

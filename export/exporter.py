@@ -49,7 +49,7 @@ from pomona.export.manifest import artifact_entry, build_manifest, manifest_byte
 from pomona.export.onnx_export import export_onnx, serialize_onnx
 from pomona.export.ort import convert_to_ort
 from pomona.export.torchscript import load_torchscript, torchscript_bytes
-from pomona.export.triton import place_entry, stage_entry, valid_model_name
+from pomona.export.triton import next_version, place_entry, stage_entry, valid_model_name
 from pomona.runtime.artifacts import (
     FEATURE_NAMES_KEY,
     FORMAT_KEY,
@@ -249,11 +249,13 @@ def publish(
     staging: Path,
     out_dir: Path,
     repo_dir: Path | None = None,
+    repo_version: int | None = None,
 ) -> list[Path]:
     """Stage the manifest (and Triton entry), then move every file into place, manifest last.
 
-    ``staging`` holds the verified ``model.onnx`` and ``model.pt``. Returns the
-    paths written.
+    ``staging`` holds the verified ``model.onnx`` and ``model.pt``. The Triton version
+    folder (``repo_version``, default the next one) holds both and the manifest, and
+    appears whole, in one rename. Returns the paths written.
     """
     manifest = build_manifest(
         name=built.name,
@@ -263,22 +265,26 @@ def publish(
         checkpoint=_checkpoint_entry(built.checkpoint, built.state),
         equivalence=report.as_dict(),
     )
-    atomic_write_bytes(staging / MANIFEST_FILE, manifest_bytes(manifest))
+    manifest_data = manifest_bytes(manifest)
+    atomic_write_bytes(staging / MANIFEST_FILE, manifest_data)
     triton: Path | None = None
     try:
         if repo_dir is not None:
             widths = len(built.feature_names), len(built.target_names)
-            triton = stage_entry(repo_dir, built.name, built.onnx_bytes, *widths)
-        files = []
+            files = {**built.files, MANIFEST_FILE: manifest_data}
+            triton = stage_entry(repo_dir, built.name, files, *widths)
+        written = []
         for file in (*built.files, MANIFEST_FILE):
             os.replace(staging / file, out_dir / file)
-            files.append(out_dir / file)
+            written.append(out_dir / file)
         if repo_dir is not None and triton is not None:
-            files += place_entry(triton, repo_dir / built.name)
+            model_dir = repo_dir / built.name
+            version = repo_version if repo_version is not None else next_version(model_dir)
+            written += place_entry(triton, model_dir, version)
     finally:
         if triton is not None:
             shutil.rmtree(triton, ignore_errors=True)
-    return files
+    return written
 
 
 def export_checkpoint(
@@ -286,14 +292,16 @@ def export_checkpoint(
     out: str | os.PathLike[str] | None = None,
     name: str = "pomona",
     triton_repo: str | os.PathLike[str] | None = None,
+    triton_version: int | None = None,
     ort: bool = False,
 ) -> ExportResult:
     """Export ``checkpoint`` to ``out`` (default: the checkpoint's folder).
 
     Writes ``model.onnx``, ``model.pt`` and ``manifest.json``, and with
-    ``triton_repo`` also ``<triton_repo>/<name>/config.pbtxt`` and
-    ``<triton_repo>/<name>/1/model.onnx``, and with ``ort`` also ``model.ort`` and
-    ``required_operators.config``. Raises :class:`ArtifactError` (or its
+    ``triton_repo`` also ``<triton_repo>/<name>/config.pbtxt`` and the version folder
+    ``<triton_repo>/<name>/<triton_version>/`` (default: the next version) with the same
+    files, and with ``ort`` also ``model.ort`` and ``required_operators.config`` (in both
+    places). Raises :class:`ArtifactError` (or its
     subclass :class:`~pomona.export.equivalence.EquivalenceError`) and writes
     nothing when any step or check fails.
     """
@@ -308,7 +316,7 @@ def export_checkpoint(
         raise ArtifactError(f"cannot create the output folder: {err}") from err
     try:
         report = verify(built, staging)
-        files = publish(built, report, staging, out_dir, repo_dir)
+        files = publish(built, report, staging, out_dir, repo_dir, triton_version)
     except OSError as err:
         raise ArtifactError(f"cannot write the artifacts: {err}") from err
     finally:

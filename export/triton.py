@@ -1,9 +1,15 @@
 """A Triton Inference Server model repository entry for the exported ONNX file.
 
-Layout, loadable by Triton (and KServe's Triton runtime) as is::
+Layout, loadable by Triton (and KServe's Triton runtime) as is, and served by
+``pomona serve REPO``::
 
     REPO/<name>/config.pbtxt
-    REPO/<name>/1/model.onnx
+    REPO/<name>/<version>/model.onnx     (and model.pt, manifest.json)
+
+Each export publishes one version folder whole: it is written into a hidden staging
+folder beside the versions, then renamed into place, so a server polling the
+repository never sees a half-written version. By default the version is the next
+number after the highest one there (1 in a new repository).
 
 The configuration uses the onnxruntime backend with dynamic batching; the batch
 dimension is implicit in Triton, so ``dims`` name the per-row shapes ``[F]`` and
@@ -16,9 +22,10 @@ import json
 import os
 import re
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
-from pomona.runtime.artifacts import INPUT_NAME, ONNX_FILE, OUTPUT_NAME
+from pomona.runtime.artifacts import INPUT_NAME, OUTPUT_NAME
 from pomona.runtime.files import atomic_write_bytes
 
 __all__ = [
@@ -26,6 +33,7 @@ __all__ = [
     "MAX_BATCH_SIZE",
     "VERSION",
     "config_pbtxt",
+    "next_version",
     "place_entry",
     "stage_entry",
     "valid_model_name",
@@ -34,11 +42,12 @@ __all__ = [
 #: Largest batch Triton may form from queued requests (the largest batch size the
 #: equivalence check runs).
 MAX_BATCH_SIZE = 4096
-#: The model version folder.
+#: The first model version folder.
 VERSION = "1"
 #: The model configuration, beside the version folder.
 CONFIG_FILE = "config.pbtxt"
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+_VERSION = re.compile(r"[1-9][0-9]*")
 
 
 def valid_model_name(name: str) -> bool:
@@ -82,24 +91,46 @@ version_policy: {{ latest: {{ num_versions: 1 }} }}
 """
 
 
-def stage_entry(repo: Path, name: str, onnx_bytes: bytes, n_features: int, n_targets: int) -> Path:
-    """Write the entry into a new temporary folder inside ``repo``; return that folder.
+def next_version(model_dir: Path) -> int:
+    """One more than the highest numbered version folder in ``model_dir`` (1 if none)."""
+    if not model_dir.is_dir():
+        return 1
+    versions = [int(p.name) for p in model_dir.iterdir() if _VERSION.fullmatch(p.name)]
+    return max(versions, default=0) + 1
 
-    :func:`place_entry` then moves its files into ``repo/name``; the caller removes
-    the temporary folder afterwards (or after a failure).
+
+def stage_entry(
+    repo: Path,
+    name: str,
+    files: Mapping[str, bytes],
+    n_features: int,
+    n_targets: int,
+) -> Path:
+    """Write the entry into a new hidden folder inside ``repo/name``; return that folder.
+
+    ``files`` (file name -> bytes: the model, its manifest) go into its ``version``
+    subfolder. :func:`place_entry` then renames that subfolder into place; the caller
+    removes the staging folder afterwards (or after a failure).
     """
-    staged = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=repo))
+    model_dir = repo / name
+    model_dir.mkdir(parents=True, exist_ok=True)
+    staged = Path(tempfile.mkdtemp(prefix=".staging-", dir=model_dir))
     atomic_write_bytes(staged / CONFIG_FILE, config_pbtxt(name, n_features, n_targets).encode())
-    (staged / VERSION).mkdir()
-    atomic_write_bytes(staged / VERSION / ONNX_FILE, onnx_bytes)
+    (staged / "version").mkdir()
+    for file, data in files.items():
+        atomic_write_bytes(staged / "version" / file, data)
     return staged
 
 
-def place_entry(staged: Path, model_dir: Path) -> list[Path]:
-    """Move a staged entry's files into ``model_dir`` with ``os.replace``, the model first."""
-    (model_dir / VERSION).mkdir(parents=True, exist_ok=True)
-    placed = []
-    for relative in (Path(VERSION) / ONNX_FILE, Path(CONFIG_FILE)):
-        os.replace(staged / relative, model_dir / relative)
-        placed.append(model_dir / relative)
-    return placed
+def place_entry(staged: Path, model_dir: Path, version: int) -> list[Path]:
+    """Rename the staged version folder into ``model_dir/version``, then the configuration.
+
+    The version folder appears whole, in one rename. A version folder already there is
+    first renamed away (into the staging folder, removed with it).
+    """
+    target = model_dir / str(version)
+    if target.exists():
+        os.replace(target, staged / "replaced")
+    os.replace(staged / "version", target)
+    os.replace(staged / CONFIG_FILE, model_dir / CONFIG_FILE)
+    return [*(target / p.name for p in sorted(target.iterdir())), model_dir / CONFIG_FILE]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 import stat
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ _OPT_OUT = "pass check_manifest=False (CLI: --no-manifest-check) to use it anywa
 _NUMERIC_KINDS = frozenset("iuf")
 _FLOAT32 = np.dtype(np.float32)
 _SMALL = 256  # up to this many values, check finiteness with a Python sum
+_MISMATCH_RETRIES = (0.0, 0.01, 0.1)  # seconds before each new look at a changing folder
 
 
 class Predictor:
@@ -130,6 +132,13 @@ class Predictor:
     def _check_manifest(self) -> bool:
         """True when the manifest beside the model vouches for it; raise when it refuses it."""
         check = compare_with_manifest(self.path)
+        # An export replacing the folder moves model.onnx in just before manifest.json:
+        # a reader in between sees the new model beside the old manifest. Look again.
+        for delay in _MISMATCH_RETRIES:
+            if check.status != "mismatch":
+                break
+            time.sleep(delay)
+            check = compare_with_manifest(self.path)
         if check.status == "mismatch":
             raise ArtifactError(f"{self.path}: {check.detail}; re-export it, or {_OPT_OUT}")
         if check.refused:

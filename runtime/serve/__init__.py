@@ -1,13 +1,25 @@
-"""``pomona serve``: an Open Inference Protocol (KServe V2 REST) server for one model.
+"""``pomona serve``: an Open Inference Protocol (KServe V2 REST, and gRPC) server for one
+model or a model repository.
 
 A plain ASGI application on uvicorn: the model answers in microseconds, so the
 server's own overhead is the whole latency. One module per concern:
 
 ``app``             the framework-free ASGI app: routes (``/v2/health/live``,
-                    ``/v2/health/ready``, ``/v2``, ``/v2/models/{name}[/versions/1]``,
-                    ``.../ready``, ``.../infer``, ``.../config``, ``/metrics``), every error
-                    as a 4xx/5xx ``{"error": ...}``; the factories ``create_app`` and
+                    ``/v2/health/ready``, ``/v2``, ``/v2/models/{name}[/versions/{v}]``,
+                    ``.../ready``, ``.../infer``, ``.../config``, ``.../stats``, the
+                    repository extension, ``/metrics``), every error as a 4xx/5xx
+                    ``{"error": ...}``; the factories ``create_app`` and
                     ``load_predictor``.
+``snapshot``        what is served at one moment: loaded versions in an immutable
+                    ``Snapshot``; the version policy; a version folder checked against
+                    its manifest (pending, refused), loaded and warmed.
+``repository``      ``ModelRepository``: scans a repository folder, builds the next
+                    snapshot off to the side and swaps it in whole; polling; model control.
+``stats``           the statistics extension's counters, per model version.
+``grpc_server``     the ``GRPCInferenceService`` on ``grpc.aio`` in a thread of its own
+                    (``grpc_codec``: messages to arrays and back; ``grpc_options``; the
+                    generated code and its ``.proto`` in ``proto/``; needs the ``grpc``
+                    extra).
 ``access``          the optional bearer token (401) and CORS for listed origins.
 ``model_info``      the served name (the exported one), model metadata with sha256,
                     Triton's model config.

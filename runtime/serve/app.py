@@ -1,19 +1,28 @@
-"""The ASGI application: Open Inference Protocol (KServe V2 REST) routes for one model.
+"""The ASGI application: Open Inference Protocol (KServe V2 REST) routes for one model or a
+model repository.
 
 No web framework: the model answers in microseconds, so the server's own overhead is
-the whole latency. Routes are one dictionary lookup; every failure is answered with a
-4xx/5xx status and ``{"error": "<message>"}`` -- a :class:`PomonaError` with its own
-status, anything else logged with its traceback and answered with a generic 500.
+the whole latency. Routes are one dictionary lookup (a model's paths are parsed once,
+then looked up); every failure is answered with a 4xx/5xx status and
+``{"error": "<message>"}`` -- a :class:`PomonaError` with its own status, anything else
+logged with its traceback and answered with a generic 500.
+
+The models come from a source with a ``snapshot`` (:class:`~.repository.Snapshot`): one
+fixed model, or a :class:`~.repository.ModelRepository` whose snapshot is swapped when
+versions change. A request reads the snapshot once and finishes on the version it got.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
+import weakref
 from collections.abc import Awaitable, Callable, MutableMapping
+from functools import partial
 from importlib.metadata import PackageNotFoundError, version
-from time import perf_counter
+from time import perf_counter, perf_counter_ns
 from typing import Any
 
 import numpy as np
@@ -21,20 +30,27 @@ import orjson
 import prometheus_client
 
 from pomona.runtime.errors import PomonaError
-from pomona.runtime.files import file_sha256
 from pomona.runtime.predictor import Predictor
 from pomona.runtime.serve.access import UNAUTHORIZED_HEADERS, AccessPolicy
 from pomona.runtime.serve.batching import BATCH_ROWS, MicroBatcher
 from pomona.runtime.serve.body import Disconnected, infer_headers, read_body
 from pomona.runtime.serve.codec import (
     BINARY_EXTENSION,
-    ModelIO,
     RequestError,
     decode_request,
     encode_response,
 )
+from pomona.runtime.serve.extensions import (
+    repository_action,
+    repository_index,
+    stats_report,
+    version_metadata,
+)
 from pomona.runtime.serve.metrics import metrics_for_process
-from pomona.runtime.serve.model_info import model_config, model_metadata, served_name
+from pomona.runtime.serve.model_info import model_config, served_name
+from pomona.runtime.serve.repository import ModelRepository
+from pomona.runtime.serve.snapshot import FixedModel, LoadedModel, ModelSource
+from pomona.runtime.serve.stats import Statistics
 
 __all__ = [
     "DEFAULT_MAX_BODY_SIZE",
@@ -66,7 +82,10 @@ _JSON = b"application/json"
 _BINARY = b"application/octet-stream"
 _NO_HEADERS: Headers = []
 _CLOSE = [(b"connection", b"close")]
-_MODEL_PATH = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?(/ready|/infer|/config)?")
+_MODEL_PATH = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?(/ready|/infer|/config|/stats)?")
+_REPOSITORY_PATH = re.compile(r"/v2/repository/models/([^/]+)/(load|unload)")
+_MAX_CACHED_ROUTES = 4096
+_EXTENSIONS = [BINARY_EXTENSION, "model_repository", "statistics"]
 _INTERNAL_ERROR = b'{"error":"internal server error"}'
 #: Errors after which the rest of the request body is not read: the connection closes.
 _CLOSING_STATUSES = frozenset({408, 413, 503})
@@ -80,53 +99,86 @@ def _pomona_version() -> str:
 
 
 class InferenceApp:
-    """The ASGI application serving one :class:`Predictor` under the Open Inference Protocol."""
+    """The ASGI application serving a :class:`Predictor`, or a model repository, under the
+    Open Inference Protocol."""
 
     def __init__(
         self,
-        predictor: Predictor,
+        predictor: Predictor | None = None,
         *,
         name: str = DEFAULT_MODEL_NAME,
         max_body_size: int = DEFAULT_MAX_BODY_SIZE,
         registry: prometheus_client.CollectorRegistry | None = None,
         micro_batch: bool = True,
         access: AccessPolicy | None = None,
+        repository: ModelRepository | None = None,
     ) -> None:
         if not name or "/" in name:
             raise ValueError(f"model name must be non-empty and contain no '/': {name!r}")
         if max_body_size < 1:
             raise ValueError(f"max_body_size must be >= 1, got {max_body_size}")
-        self.predictor = predictor
+        if (predictor is None) == (repository is None):
+            raise ValueError("serve either a predictor or a repository")
         self.name = name
         self.max_body_size = max_body_size
-        # The model is loaded (and checked against its manifest) before the app exists.
+        self.repository = repository
+        self.source: ModelSource = repository or FixedModel(predictor, name)  # type: ignore[arg-type]
+        # The models are loaded (and checked against their manifests) before the app exists.
         self.ready = True
         self.metrics = metrics_for_process(registry)
+        self.stats = Statistics()
         self._access = access
-        self._io = ModelIO(predictor.input_name, predictor.output_name, predictor.n_features)
-        self._batcher = MicroBatcher(self._predict) if micro_batch else None
-        self._server_metadata = orjson.dumps(
-            {"name": SERVER_NAME, "version": _pomona_version(), "extensions": [BINARY_EXTENSION]}
+        self._micro_batch = micro_batch
+        self._batchers: weakref.WeakKeyDictionary[LoadedModel, MicroBatcher] = (
+            weakref.WeakKeyDictionary()
         )
-        sha256 = file_sha256(predictor.path)
-        self._model_metadata = orjson.dumps(model_metadata(predictor, name, MODEL_VERSION, sha256))
-        self._model_config = orjson.dumps(model_config(predictor, name))
+        self._server_metadata = orjson.dumps(
+            {"name": SERVER_NAME, "version": _pomona_version(), "extensions": _EXTENSIONS}
+        )
         self._routes = self._route_table()
+        for name in self.source.snapshot.models:  # parse the busiest paths now
+            self._model_route(f"/v2/models/{name}/infer")
+
+    @property
+    def predictor(self) -> Predictor:
+        """The latest version of the model named ``name`` (the one model of a model file)."""
+        return self.source.snapshot.get(self.name).predictor
 
     def _route_table(self) -> dict[str, tuple[str, dict[str, Handler]]]:
         """Path -> (endpoint label for the metrics, handler by method)."""
-        routes: dict[str, tuple[str, dict[str, Handler]]] = {
+        return {
             "/v2/health/live": ("live", {"GET": self._live}),
             "/v2/health/ready": ("ready", {"GET": self._ready}),
             "/v2": ("server_metadata", {"GET": self._server_meta}),
             "/metrics": ("metrics", {"GET": self._metrics}),
+            "/v2/models/stats": ("model_stats", {"GET": partial(self._stats, None, None)}),
+            "/v2/repository/index": ("repository", {"POST": self._repository_index}),
         }
-        for base in (f"/v2/models/{self.name}", f"/v2/models/{self.name}/versions/{MODEL_VERSION}"):
-            routes[base] = ("model_metadata", {"GET": self._model_meta})
-            routes[base + "/ready"] = ("model_ready", {"GET": self._ready})
-            routes[base + "/infer"] = ("infer", {"POST": self._infer})
-            routes[base + "/config"] = ("model_config", {"GET": self._model_conf})
-        return routes
+
+    def _model_route(self, path: str) -> tuple[str, dict[str, Handler]] | None:
+        """The route of a model's path (parsed once, then cached), or of a repository action."""
+        match = _MODEL_PATH.fullmatch(path)
+        if match is None:
+            action = _REPOSITORY_PATH.fullmatch(path)
+            if action is None:
+                return None
+            handler = partial(self._repository_action, action.group(2), action.group(1))
+            return "repository", {"POST": handler}
+        name, model_version, what = match.groups()
+        if name not in self.source.snapshot.models:
+            return None  # unknown models are not cached: answered 404 as "other"
+        args = (name, model_version)
+        routes: dict[str | None, tuple[str, dict[str, Handler]]] = {
+            None: ("model_metadata", {"GET": partial(self._model_meta, *args)}),
+            "/ready": ("model_ready", {"GET": partial(self._model_ready, *args)}),
+            "/infer": ("infer", {"POST": partial(self._infer, *args)}),
+            "/config": ("model_config", {"GET": partial(self._model_conf, *args)}),
+            "/stats": ("model_stats", {"GET": partial(self._stats, *args)}),
+        }
+        route = routes[what]
+        if len(self._routes) < _MAX_CACHED_ROUTES:
+            self._routes[path] = route
+        return route
 
     # -- ASGI entry point ------------------------------------------------------------------
 
@@ -138,7 +190,7 @@ class InferenceApp:
         start = perf_counter()
         metrics = self.metrics
         metrics.in_flight += 1
-        route = self._routes.get(scope["path"])
+        route = self._routes.get(scope["path"]) or self._model_route(scope["path"])
         try:
             status, content_type, body, extra = await self._answer(scope, receive, route)
         except Disconnected:
@@ -203,14 +255,11 @@ class InferenceApp:
         match = _MODEL_PATH.fullmatch(path)
         if match is None:
             return RequestError(f"no such endpoint: {path}", 404)
-        name, model_version = match.group(1), match.group(2)
-        if name != self.name:
-            return RequestError(f"unknown model {name!r}; this server serves {self.name!r}", 404)
-        return RequestError(
-            f"unknown version {model_version!r} of model {name!r}; "
-            f"this server serves version {MODEL_VERSION!r}",
-            404,
-        )
+        try:
+            self.source.snapshot.get(match.group(1), match.group(2))
+        except RequestError as err:
+            return err
+        return RequestError(f"no such endpoint: {path}", 404)  # pragma: no cover - cached
 
     # -- endpoints -------------------------------------------------------------------------
 
@@ -225,42 +274,93 @@ class InferenceApp:
     async def _server_meta(self, scope: Scope, receive: Receive) -> Response:
         return 200, _JSON, self._server_metadata, _NO_HEADERS
 
-    async def _model_meta(self, scope: Scope, receive: Receive) -> Response:
-        return 200, _JSON, self._model_metadata, _NO_HEADERS
-
-    async def _model_conf(self, scope: Scope, receive: Receive) -> Response:
-        return 200, _JSON, self._model_config, _NO_HEADERS
-
     async def _metrics(self, scope: Scope, receive: Receive) -> Response:
         content_type, body = self.metrics.exposition()
         return 200, content_type, body, _NO_HEADERS
 
-    def _predict(self, features: np.ndarray) -> np.ndarray:
+    # -- one model ---------------------------------------------------------------------------
+
+    async def _model_ready(
+        self, name: str, model_version: str | None, scope: Scope, receive: Receive
+    ) -> Response:
+        self.source.snapshot.get(name, model_version)
+        return await self._ready(scope, receive)
+
+    async def _model_meta(
+        self, name: str, model_version: str | None, scope: Scope, receive: Receive
+    ) -> Response:
+        meta = version_metadata(self.source.snapshot, name, model_version)
+        return 200, _JSON, orjson.dumps(meta), _NO_HEADERS
+
+    async def _model_conf(
+        self, name: str, model_version: str | None, scope: Scope, receive: Receive
+    ) -> Response:
+        model = self.source.snapshot.get(name, model_version)
+        return 200, _JSON, orjson.dumps(model_config(model.predictor, name)), _NO_HEADERS
+
+    async def _stats(
+        self, name: str | None, model_version: str | None, scope: Scope, receive: Receive
+    ) -> Response:
+        report = stats_report(self.source.snapshot, self.stats, name, model_version)
+        return 200, _JSON, orjson.dumps(report), _NO_HEADERS
+
+    def _predict(self, predictor: Predictor, features: np.ndarray) -> np.ndarray:
         """One model call, counted (``pomona_model_calls``: below the requests when batched)."""
         self.metrics.model_calls += 1
-        return self.predictor.predict(features)
+        return predictor.predict(features)
 
-    async def _infer(self, scope: Scope, receive: Receive) -> Response:
-        content_length, header_length, encoding = infer_headers(scope["headers"])
-        body = await read_body(receive, content_length, encoding, self.max_body_size, scope)
-        request = decode_request(body, header_length, self._io)
-        features = request.features
-        if self._batcher is not None and len(features) <= BATCH_ROWS:
-            predictions = await self._batcher.predict(features)
-        else:
-            predictions = self._predict(features)
-        self.metrics.rows += len(predictions)
+    async def _infer(
+        self, name: str, model_version: str | None, scope: Scope, receive: Receive
+    ) -> Response:
+        model = self.source.snapshot.get(name, model_version)
+        start = perf_counter_ns()
+        try:
+            content_length, header_length, encoding = infer_headers(scope["headers"])
+            body = await read_body(receive, content_length, encoding, self.max_body_size, scope)
+            request = decode_request(body, header_length, model.io)
+            features = request.features
+            if self._micro_batch and len(features) <= BATCH_ROWS:
+                predictions = await self._batcher(model).predict(features)
+            else:
+                predictions = self._predict(model.predictor, features)
+        except PomonaError:
+            self.stats.record(name, model.version, perf_counter_ns() - start, 0, ok=False)
+            raise
+        rows = len(predictions)
+        self.metrics.rows += rows
         payload, json_length = encode_response(
             predictions,
-            model_name=self.name,
-            model_version=MODEL_VERSION,
-            output_name=self._io.output_name,
+            model_name=name,
+            model_version=model.version,
+            output_name=model.io.output_name,
             request_id=request.id,
             binary_output=request.binary_output,
         )
+        self.stats.record(name, model.version, perf_counter_ns() - start, rows, ok=True)
         if json_length is None:
             return 200, _JSON, payload, _NO_HEADERS
         return 200, _BINARY, payload, [(b"inference-header-content-length", b"%d" % json_length)]
+
+    def _batcher(self, model: LoadedModel) -> MicroBatcher:
+        batcher = self._batchers.get(model)
+        if batcher is None:
+            batcher = self._batchers[model] = MicroBatcher(partial(self._predict, model.predictor))
+        return batcher
+
+    # -- the repository extension ------------------------------------------------------------
+
+    async def _repository_index(self, scope: Scope, receive: Receive) -> Response:
+        index = repository_index(self.source.snapshot, self.repository)
+        return 200, _JSON, orjson.dumps(index), _NO_HEADERS
+
+    async def _repository_action(
+        self, action: str, name: str, scope: Scope, receive: Receive
+    ) -> Response:
+        content_length, _, encoding = infer_headers(scope["headers"])
+        await read_body(receive, content_length, encoding, self.max_body_size, scope)
+        # Loading takes a while: off the event loop, which keeps answering meanwhile.
+        await asyncio.to_thread(repository_action, self.repository, action, name)
+        return 200, _JSON, b"{}", _NO_HEADERS
 
 
 def _guard(access: AccessPolicy, scope: Scope, path: str) -> Response | None:

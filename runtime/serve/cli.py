@@ -15,6 +15,9 @@ import click
 from pomona.runtime.clikit import backend_option, user_errors
 from pomona.runtime.serve.access import ENV_AUTH_TOKEN, read_token
 from pomona.runtime.serve.app import DEFAULT_MAX_BODY_SIZE, DEFAULT_MODEL_NAME
+from pomona.runtime.serve.grpc_options import DEFAULT_GRPC_MAX_MESSAGE_BYTES, GrpcOptions
+from pomona.runtime.serve.repository import RepositoryOptions
+from pomona.runtime.serve.snapshot import VersionPolicy
 from pomona.runtime.serve.uvicorn_protocol import default_max_connections
 from pomona.runtime.serve.uvicorn_server import Limits, run_server
 
@@ -24,9 +27,7 @@ _LOG_LEVELS = ["critical", "error", "warning", "info", "debug"]
 
 
 @click.command("serve")
-@click.argument(
-    "model", type=click.Path(exists=True, dir_okay=False, readable=True, path_type=Path)
-)
+@click.argument("model", type=click.Path(exists=True, readable=True, path_type=Path))
 @click.option(
     "--host",
     default="127.0.0.1",
@@ -149,6 +150,49 @@ _LOG_LEVELS = ["critical", "error", "warning", "info", "debug"]
     help="Open connections per process; past it the longest idle one is closed  "
     "[default: the open-file limit less 64]",
 )
+@click.option(
+    "--version-policy",
+    default="latest",
+    show_default=True,
+    help="Repository: versions served of each model: latest, latest:N, all, or specific:V[,V].",
+)
+@click.option(
+    "--model-control",
+    type=click.Choice(["none", "explicit"]),
+    default="none",
+    show_default=True,
+    help="Repository: none serves every model; explicit only those loaded with --load-model "
+    "or POST /v2/repository/models/NAME/load (and unloaded with .../unload).",
+)
+@click.option(
+    "--load-model",
+    "load_models",
+    multiple=True,
+    metavar="NAME",
+    help="Repository with --model-control explicit: a model to load at start; repeatable.",
+)
+@click.option(
+    "--poll",
+    type=click.FloatRange(min=0),
+    default=0,
+    show_default=True,
+    help="Repository: seconds between scans for new, changed or removed versions (0: none). "
+    "A new version is checked against its manifest and warmed before it is swapped in.",
+)
+@click.option(
+    "--grpc-port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Also serve the Open Inference Protocol over gRPC on this port (needs the grpc "
+    "extra; one worker).",
+)
+@click.option(
+    "--grpc-max-message-bytes",
+    type=click.IntRange(min=1024),
+    default=DEFAULT_GRPC_MAX_MESSAGE_BYTES,
+    show_default=True,
+    help="Largest gRPC message received or sent; larger ones fail with RESOURCE_EXHAUSTED.",
+)
 @backend_option
 @user_errors
 def serve(
@@ -172,15 +216,27 @@ def serve(
     max_header_size: int,
     max_connections: int | None,
     backend: str,
+    version_policy: str,
+    model_control: str,
+    load_models: tuple[str, ...],
+    poll: float,
+    grpc_port: int | None,
+    grpc_max_message_bytes: int,
 ) -> None:
-    """Serve MODEL (model.onnx) over HTTP with the Open Inference Protocol (KServe V2).
+    """Serve MODEL (model.onnx, or a model repository folder) over HTTP with the Open
+    Inference Protocol (KServe V2), and over gRPC with --grpc-port.
+
+    A model repository is the layout pomona export --triton-repo writes:
+    REPO/NAME/VERSION/model.onnx with its manifest.json; a version is served once its
+    manifest vouches for every file it lists. A model file is served as version 1.
 
     \b
-    Endpoints (NAME from --name, version 1):
+    Endpoints (NAME from --name or the repository, V a version; without
+    /versions/V the latest version ready):
       GET  /v2/health/live, /v2/health/ready, /v2
-      GET  /v2/models/NAME[/versions/1], /v2/models/NAME[/versions/1]/ready
-      GET  /v2/models/NAME[/versions/1]/config  Triton's model configuration
-      POST /v2/models/NAME[/versions/1]/infer   JSON or binary tensor data
+      GET  /v2/models/NAME[/versions/V][/ready|/config|/stats], /v2/models/stats
+      POST /v2/models/NAME[/versions/V]/infer   JSON or binary tensor data
+      POST /v2/repository/index, /v2/repository/models/NAME/load|unload
       GET  /metrics                             Prometheus metrics
 
     Stops on SIGTERM or Ctrl-C after finishing the requests in flight. A host other than
@@ -197,6 +253,12 @@ def serve(
             f"--host {host} exposes the server to the network: give a token "
             f"(--auth-token-file or ${ENV_AUTH_TOKEN}), or --no-auth if a proxy checks callers"
         )
+    repository = _repository_options(
+        model, name, no_manifest_check, version_policy, model_control, load_models, poll
+    )
+    if grpc_port is not None and workers > 1:
+        raise click.UsageError("--grpc-port serves from one process; use --workers 1")
+    grpc = GrpcOptions(grpc_port, grpc_max_message_bytes) if grpc_port is not None else None
     limits = Limits(
         header_timeout=timeout_header,
         body_timeout=timeout_body,
@@ -220,9 +282,46 @@ def serve(
         limits=limits,
         keep_alive=timeout_keep_alive,
         backend=backend,
+        repository=repository,
+        grpc=grpc,
     )
     if not started:
         raise click.ClickException(f"the server did not start on {host}:{port}")
+
+
+def _repository_options(
+    model: Path,
+    name: str | None,
+    no_manifest_check: bool,
+    version_policy: str,
+    model_control: str,
+    load_models: tuple[str, ...],
+    poll: float,
+) -> RepositoryOptions | None:
+    """The repository options when MODEL is a folder; refuse them for a model file."""
+    try:
+        VersionPolicy.parse(version_policy)
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="--version-policy") from None
+    options = RepositoryOptions(
+        version_policy=version_policy,
+        model_control="explicit" if model_control == "explicit" else "none",
+        load_models=load_models,
+        poll=poll,
+    )
+    if not model.is_dir():
+        if options != RepositoryOptions():
+            raise click.UsageError(
+                "--version-policy, --model-control, --load-model and --poll apply to a "
+                "model repository (a folder), not a model file"
+            )
+        return None
+    for given, option in ((name, "--name"), (no_manifest_check, "--no-manifest-check")):
+        if given:
+            raise click.UsageError(f"{option} applies to a model file, not a model repository")
+    if load_models and options.model_control != "explicit":
+        raise click.UsageError("--load-model needs --model-control explicit")
+    return options
 
 
 def _is_loopback(host: str) -> bool:

@@ -4,8 +4,9 @@
   ceiling) run with: httptools (through the guarded, coalescing protocol of
   :mod:`.uvicorn_protocol`) and uvloop when installed, no websockets, no server header.
 - :class:`GracefulServer`: uvicorn's server, exiting 0 after a handled SIGTERM/SIGINT.
-- :func:`run_server`: load the model, bind the port (a busy one is a one-line error),
-  then serve in this process or in ``workers`` processes, which build their app with
+- :func:`run_server`: load the model (or open the model repository, polling it if asked),
+  bind the port (a busy one is a one-line error), start the gRPC server if asked, then
+  serve in this process or in ``workers`` processes, which build their app with
   :func:`app_from_env` from ``POMONA_SERVE_*`` and share their metrics through a
   temporary ``PROMETHEUS_MULTIPROC_DIR`` removed when the server stops.
 """
@@ -14,7 +15,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import errno
+import functools
+import json
 import logging
 import logging.config
 import os
@@ -37,8 +41,11 @@ from pomona.runtime.serve.app import (
     DEFAULT_MAX_BODY_SIZE,
     InferenceApp,
     create_app,
+    load_predictor,
     logger,
 )
+from pomona.runtime.serve.grpc_options import GrpcOptions
+from pomona.runtime.serve.repository import RepositoryOptions
 from pomona.runtime.serve.uvicorn_protocol import (
     CoalescingTransport,
     Limits,
@@ -63,6 +70,7 @@ ENV_MAX_BODY_SIZE = "POMONA_SERVE_MAX_BODY_SIZE"
 ENV_CHECK_MANIFEST = "POMONA_SERVE_CHECK_MANIFEST"
 ENV_MICRO_BATCH = "POMONA_SERVE_MICRO_BATCH"
 ENV_CORS = "POMONA_SERVE_CORS_ORIGINS"
+ENV_REPOSITORY = "POMONA_SERVE_REPOSITORY"
 ENV_MULTIPROC = "PROMETHEUS_MULTIPROC_DIR"
 ENV_BACKEND = "POMONA_SERVE_BACKEND"
 #: Seconds uvicorn waits past the graceful timeout, for the 503s of stalled bodies to go out.
@@ -150,15 +158,43 @@ def log_config(log_level: str) -> dict[str, Any]:
 
 def app_from_env() -> InferenceApp:
     """App factory for worker processes: configuration comes from ``POMONA_SERVE_*``."""
+    max_body_size = int(os.environ.get(ENV_MAX_BODY_SIZE, DEFAULT_MAX_BODY_SIZE))
+    micro_batch = os.environ.get(ENV_MICRO_BATCH, "1") == "1"
+    repository = os.environ.get(ENV_REPOSITORY)
+    if repository:
+        fields = json.loads(repository)
+        fields["load_models"] = tuple(fields["load_models"])
+        return _repository_app(
+            os.environ[ENV_MODEL],
+            RepositoryOptions(**fields),
+            max_body_size=max_body_size,
+            micro_batch=micro_batch,
+            access=_access_from_env(),
+            backend=os.environ.get(ENV_BACKEND, "auto"),
+        )
     return create_app(
         os.environ[ENV_MODEL],
         name=os.environ.get(ENV_NAME) or None,
-        max_body_size=int(os.environ.get(ENV_MAX_BODY_SIZE, DEFAULT_MAX_BODY_SIZE)),
+        max_body_size=max_body_size,
         check_manifest=os.environ.get(ENV_CHECK_MANIFEST, "1") == "1",
-        micro_batch=os.environ.get(ENV_MICRO_BATCH, "1") == "1",
+        micro_batch=micro_batch,
         access=_access_from_env(),
         backend=os.environ.get(ENV_BACKEND, "auto"),
     )
+
+
+def _repository_app(
+    root: str | os.PathLike[str],
+    options: RepositoryOptions,
+    *,
+    backend: str = "auto",
+    **app_options: Any,
+) -> InferenceApp:
+    """The app serving a repository, its poll thread started when ``options.poll``."""
+    repository = options.open(root, functools.partial(load_predictor, backend=backend))
+    if options.poll:
+        repository.start_polling(options.poll)
+    return InferenceApp(repository=repository, **app_options)
 
 
 def _access_from_env() -> AccessPolicy | None:
@@ -168,8 +204,12 @@ def _access_from_env() -> AccessPolicy | None:
 
 
 def _hand_to_workers(app: InferenceApp, access: AccessPolicy | None, options: Any) -> None:
-    os.environ[ENV_MODEL] = str(Path(app.predictor.path).resolve())
-    os.environ[ENV_NAME] = app.name
+    if app.repository is not None:
+        os.environ[ENV_MODEL] = str(app.repository.root.resolve())
+        os.environ[ENV_REPOSITORY] = json.dumps(dataclasses.asdict(options["repository"]))
+    else:
+        os.environ[ENV_MODEL] = str(Path(app.predictor.path).resolve())
+        os.environ[ENV_NAME] = app.name
     os.environ[ENV_MAX_BODY_SIZE] = str(app.max_body_size)
     os.environ[ENV_CHECK_MANIFEST] = "1" if options["check_manifest"] else "0"
     os.environ[ENV_MICRO_BATCH] = "1" if options["micro_batch"] else "0"
@@ -180,6 +220,8 @@ def _hand_to_workers(app: InferenceApp, access: AccessPolicy | None, options: An
 
 
 def _log_start(app: InferenceApp) -> None:
+    if app.repository is not None:
+        return  # the repository logs what it serves
     predictor = app.predictor
     logger.info(
         "serving %s as model %r: %d features (%s) -> %d targets (%s); manifest %s; backend %s",
@@ -227,12 +269,15 @@ def run_server(
     limits: Limits | None = None,
     keep_alive: float = 5.0,
     backend: str = "auto",
+    repository: RepositoryOptions | None = None,
+    grpc: GrpcOptions | None = None,
 ) -> bool:
     """Serve ``model`` until SIGTERM/SIGINT; return whether the server started.
 
     The port is bound and the model loaded here first, so a busy port or a bad model
     fails before any request is answered. With ``workers > 1`` each worker process loads
-    its own one-thread session.
+    its own one-thread session. ``repository``: ``model`` is a model repository folder.
+    ``grpc``: also serve the gRPC service (one process only).
     """
     logging_config = log_config(log_level)
     logging.config.dictConfig(logging_config)
@@ -240,15 +285,25 @@ def run_server(
     access = AccessPolicy(token, cors_origins) if token or cors_origins else None
     sock = bind_socket(host, port)
     try:
-        app = create_app(
-            model,
-            name=name,
-            max_body_size=max_body_size,
-            check_manifest=check_manifest,
-            micro_batch=micro_batch,
-            access=access,
-            backend=backend,
-        )
+        if repository is not None:
+            app = _repository_app(
+                model,
+                repository,
+                max_body_size=max_body_size,
+                micro_batch=micro_batch,
+                access=access,
+                backend=backend,
+            )
+        else:
+            app = create_app(
+                model,
+                name=name,
+                max_body_size=max_body_size,
+                check_manifest=check_manifest,
+                micro_batch=micro_batch,
+                access=access,
+                backend=backend,
+            )
     except BaseException:
         sock.close()
         raise
@@ -264,7 +319,10 @@ def run_server(
     options["log_config"] = logging_config
     if workers == 1:
         server = GracefulServer(uvicorn_config(app, limits, **options))
-        server.run(sockets=[sock])
+        with _grpc_alongside(app, grpc, host, limits.graceful_timeout):
+            server.run(sockets=[sock])
+        if app.repository is not None:
+            app.repository.stop()
         return server.started
     _hand_to_workers(
         app,
@@ -275,8 +333,11 @@ def run_server(
             "cors_origins": list(cors_origins),
             "token": token,
             "backend": backend,
+            "repository": repository,
         },
     )
+    if app.repository is not None:
+        app.repository.stop()  # each worker opens and polls the repository itself
     del app
     with _shared_metrics_dir():
         factory = f"{__name__}:{app_from_env.__name__}"
@@ -299,3 +360,21 @@ def _shared_metrics_dir() -> Generator[None, None, None]:
             os.environ.pop(ENV_MULTIPROC, None)
         else:
             os.environ[ENV_MULTIPROC] = previous
+
+
+@contextlib.contextmanager
+def _grpc_alongside(
+    app: InferenceApp, options: GrpcOptions | None, host: str, grace: float
+) -> Generator[None, None, None]:
+    """The gRPC server on the app's models, in a thread of its own, while the block runs."""
+    if options is None:
+        yield
+        return
+    from pomona.runtime.serve.grpc_server import GrpcServer  # needs the grpc extra
+
+    server = GrpcServer(app.source, app.stats, host=host, options=options, ready=lambda: app.ready)
+    server.start()
+    try:
+        yield
+    finally:
+        server.stop(grace)
