@@ -27,7 +27,7 @@ _LOG_LEVELS = ["critical", "error", "warning", "info", "debug"]
 
 
 @click.command("serve")
-@click.argument("model", type=click.Path(exists=True, readable=True, path_type=Path))
+@click.argument("model", type=click.Path(exists=True, readable=False, path_type=Path))
 @click.option(
     "--host",
     default="127.0.0.1",

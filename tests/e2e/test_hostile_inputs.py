@@ -286,11 +286,12 @@ def _without_read_override() -> None:
             raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
 
 
-@pytest.mark.parametrize("command", ["predict", "info"])
+@pytest.mark.parametrize("command", ["predict", "info", "serve"])
 def test_an_unreadable_model(folder: Path, command: str) -> None:
     model = folder / "model.onnx"
     model.chmod(0)
-    args = [command, "model.onnx", *(["rows.csv", "-o", "out.csv"] if command == "predict" else [])]
+    extra = {"predict": ["rows.csv", "-o", "out.csv"], "serve": ["--port", str(_free_port())]}
+    args = [command, "model.onnx", *extra.get(command, [])]
     try:
         done = subprocess.run(
             [*POMONA, *args],
@@ -308,13 +309,17 @@ def test_an_unreadable_model(folder: Path, command: str) -> None:
     assert sorted(p.name for p in folder.iterdir()) == ["model.onnx", "rows.csv"]
 
 
+def _free_port() -> int:
+    """A free port: should a model wrongly load, the server it starts clashes with nothing."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 def test_serve_refuses_a_model_whose_output_is_not_what_it_declares(tmp_path: Path) -> None:
     needs("uvicorn")
     make_wide_output_onnx(tmp_path / "model.onnx")
-    with socket.socket() as probe:  # a free port: should the model load, nothing clashes
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    done = run_pomona("serve", "model.onnx", "--port", str(port), cwd=tmp_path)
+    done = run_pomona("serve", "model.onnx", "--port", str(_free_port()), cwd=tmp_path)
     assert done.returncode == 1
     _one_error_line(
         done.stderr,
