@@ -234,7 +234,10 @@ def _check_external_data(path: Path, data: bytes, listed: dict[str, Any]) -> str
     try:
         locations = external_data_locations(data)
     except ValueError as err:
-        return f"cannot read the model to find its external data: {err}"
+        return (
+            "not a valid ONNX model (empty, truncated or corrupt?), so its external data "
+            f"cannot be listed: {err}"
+        )
     for location in locations:
         if not inside_folder(location):
             return f"external data {location!r} is not a file in the model's folder"

@@ -180,7 +180,8 @@ def test_a_model_the_parser_cannot_read_beside_a_manifest_is_refused(tmp_path: P
     model.write_bytes(b"\x0a\xff\xff")  # a field longer than the file
     write_manifest(tmp_path, {ONNX_FILE: model})
     check = check_manifest(model)
-    assert check.refused and "cannot read the model to find its external data" in check.detail
+    assert check.refused and "not a valid ONNX model" in check.detail
+    assert "its external data cannot be listed" in check.detail
 
 
 # -- the real output width -----------------------------------------------------------------
