@@ -3,6 +3,8 @@
 Imports numpy and onnxruntime only: no torch, no onnx package. One
 :class:`Predictor` is safe to call from several threads at once
 (``InferenceSession.run`` is thread-safe and the predictor keeps no per-call state).
+A predictor can be pickled (to Ray or Spark workers): the copy opens its own session
+on first use.
 """
 
 from __future__ import annotations
@@ -71,13 +73,14 @@ class Predictor:
         self.manifest_checked = False
         if check_manifest:
             self.manifest_checked = self._check_manifest()
-        self._session = open_session(
-            self.path,
-            intra_op_threads=intra_op_threads,
-            allow_spinning=allow_spinning,
-            providers=providers,
-        )
+        self._options: dict[str, Any] = {
+            "intra_op_threads": intra_op_threads,
+            "allow_spinning": allow_spinning,
+            "providers": providers,
+        }
+        self._session: ort.InferenceSession | None = open_session(self.path, **self._options)
         interface = read_interface(self._session, self.path)
+        self._interface = interface
         self.input_name: str = interface.input_name
         self.output_name: str = interface.output_name
         self._output_names = [interface.output_name]
@@ -127,12 +130,44 @@ class Predictor:
     @property
     def providers(self) -> list[str]:
         """Execution providers the session actually uses."""
-        return list(self._session.get_providers())
+        return list(self.session.get_providers())
 
     @property
     def session(self) -> ort.InferenceSession:
-        """The underlying onnxruntime session."""
-        return self._session
+        """The underlying onnxruntime session (opened here in a process that unpickled it)."""
+        if self._session is None:
+            self._open()
+        return self._session  # type: ignore[return-value]
+
+    # -- pickling: the session stays in its process; a copy opens its own -------------------
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_session"] = state["_run"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._run = self._open_and_run
+
+    def _open_and_run(self, *args: Any) -> Any:
+        self._open()
+        return self._run(*args)
+
+    def _open(self) -> ort.InferenceSession:
+        """Open the session of an unpickled predictor; refuse a model changed since.
+
+        Without a thread count, use ``OMP_NUM_THREADS``: Ray and Spark set it in each
+        worker to the CPUs that worker was given.
+        """
+        options = dict(self._options)
+        if options["intra_op_threads"] is None:
+            options["intra_op_threads"] = _allotted_threads()
+        session = open_session(self.path, **options)
+        if read_interface(session, self.path) != self._interface:
+            raise ArtifactError(f"{self.path}: the model file changed since it was loaded")
+        self._session, self._run = session, fast_run(session)
+        return session
 
     def __repr__(self) -> str:
         return (
@@ -224,6 +259,12 @@ class Predictor:
             f"non-finite value {arr[row, col]} at row {row}, feature {self.feature_names[col]!r}"
             f" ({len(bad)} non-finite value(s) in all); expected finite numbers"
         )
+
+
+def _allotted_threads() -> int | None:
+    """``OMP_NUM_THREADS`` as a positive integer, else None (onnxruntime's default)."""
+    value = os.environ.get("OMP_NUM_THREADS", "")
+    return int(value) if value.isdigit() and int(value) > 0 else None
 
 
 def _require_readable(path: Path) -> None:
