@@ -1,11 +1,11 @@
-"""Run every benchmark, or those named: ``python -m bench [train_loader] [predict] [serve]``."""
+"""Run every benchmark, or those named: ``python -m bench [NAME ...]`` (see ``SUITES``)."""
 
 from __future__ import annotations
 
 import importlib
 import sys
 
-SUITES = ["train_loader", "predict", "serve"]
+SUITES = ["train_loader", "predict", "predict_ray", "serve"]
 
 
 def main(argv: list[str]) -> int:

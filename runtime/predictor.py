@@ -137,7 +137,7 @@ class Predictor:
         """The underlying onnxruntime session (opened here in a process that unpickled it)."""
         if self._session is None:
             self._open()
-        return self._session  # type: ignore[return-value]
+        return self._session
 
     # -- pickling: the session stays in its process; a copy opens its own -------------------
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -31,12 +32,15 @@ pytestmark = [
 ]
 
 
-def test_predict_batch_udf_recipe_equals_predictor(tmp_path: Path) -> None:
+def test_predict_batch_udf_recipe_equals_predictor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from pyspark.ml.functions import predict_batch_udf
     from pyspark.sql import SparkSession
     from pyspark.sql.functions import array, col
     from pyspark.sql.types import ArrayType, FloatType
 
+    monkeypatch.setenv("PYSPARK_PYTHON", sys.executable)  # workers: this environment's Python
     path = str(make_linear_onnx(tmp_path / "model.onnx"))
     x = np.random.default_rng(0).uniform(-50, 50, size=(1000, 3)).astype(np.float32)
     spark = (
