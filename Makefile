@@ -30,7 +30,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[train,export,serve,fast,dev,grpc]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[train,export,serve,fast,ray,dev,grpc]'
 	@touch $@
 
 train: $(STAMP)

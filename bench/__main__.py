@@ -1,13 +1,20 @@
-"""Run every benchmark, or those named: ``python -m bench [train_loader] [train_process]
-[train_scale] [predict] [serve] [serve_grpc] [edge]``. ``train_scale`` trains on 50M rows
-(minutes; set ``POMONA_BENCH_SCALE_ROWS`` for another size)."""
+"""Run every benchmark, or those named: ``python -m bench [NAME ...]`` (see ``SUITES``)."""
 
 from __future__ import annotations
 
 import importlib
 import sys
 
-SUITES = ["train_loader", "train_process", "train_scale", "predict", "serve", "serve_grpc", "edge"]
+SUITES = [
+    "train_loader",
+    "train_process",
+    "train_scale",
+    "predict",
+    "predict_ray",
+    "serve",
+    "serve_grpc",
+    "edge",
+]
 
 
 def main(argv: list[str]) -> int:

@@ -30,13 +30,13 @@ def _keep_columns(ctx: click.Context, param: click.Parameter, value: str | None)
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("model", type=click.Path(dir_okay=False, readable=False))
-@click.argument("input", type=click.Path(dir_okay=False, readable=False, allow_dash=True))
+@click.argument("input", type=click.Path(readable=False, allow_dash=True))
 @click.option(
     "-o",
     "--output",
     default="-",
     show_default=True,
-    type=click.Path(dir_okay=False, allow_dash=True),
+    type=click.Path(allow_dash=True),
     help="Output file; '-' writes to stdout. Written to a temporary file and renamed "
     "on success, so a failure leaves no output file.",
 )
@@ -88,6 +88,26 @@ def _keep_columns(ctx: click.Context, param: click.Parameter, value: str | None)
     help="onnxruntime intra-op threads. Default: the CPUs this process may use.",
 )
 @backend_option
+@click.option(
+    "--engine",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="ray: INPUT is a folder or glob of Parquet or CSV shards (or one file), OUTPUT a "
+    "new folder of shards in input order, predicted on Ray Data (pomona[ray]; docs/scale.md).",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="--engine ray: predicting workers.",
+)
+@click.option(
+    "--address",
+    default=None,
+    help="--engine ray: the Ray cluster to join (ray start --head). Default: a local one.",
+)
 @user_errors
 @clean_up_on_signals
 def predict(
@@ -102,6 +122,9 @@ def predict(
     no_manifest_check: bool,
     threads: int | None,
     backend: str,
+    engine: str,
+    workers: int,
+    address: str | None,
 ) -> None:
     """Predict every row of INPUT with MODEL (an ONNX file from `pomona export`).
 
@@ -118,6 +141,23 @@ def predict(
     from pomona.runtime.data import predict_file
     from pomona.runtime.predictor import Predictor
 
+    if engine == "ray":
+        from pomona.runtime.predict_ray import predict_with_ray
+
+        predict_with_ray(
+            model,
+            input,
+            output,
+            output_format=output_format,
+            workers=workers,
+            address=address,
+            batch_size=batch_size,
+            keep=keep,
+            threads=threads,
+            delimiter="\t" if delimiter == "tab" else delimiter,
+            check_manifest=not no_manifest_check,
+        )
+        return
     predictor = Predictor(
         model, check_manifest=not no_manifest_check, intra_op_threads=threads, backend=backend
     )

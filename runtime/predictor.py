@@ -5,6 +5,8 @@ alone where onnxruntime is missing. Imports numpy only at module level: no torch
 onnx package, and onnxruntime only when that backend loads. One :class:`Predictor` is
 safe to call from several threads at once (both backends' ``run`` are thread-safe and
 the predictor keeps no per-call state).
+A predictor can be pickled (to Ray or Spark workers): the copy loads the model
+again in its own process on first use.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from numpy.typing import ArrayLike
 
 from pomona.runtime._session import read_interface
 from pomona.runtime.artifacts import check_manifest as compare_with_manifest
-from pomona.runtime.backends import open_backend
+from pomona.runtime.backends import Backend, open_backend
 from pomona.runtime.errors import ArtifactError, InputError
 
 __all__ = ["Predictor"]
@@ -80,15 +82,16 @@ class Predictor:
         self.manifest_checked = False
         if check_manifest:
             self.manifest_checked = self._check_manifest()
-        self._backend = open_backend(
-            self.path,
-            backend,
-            intra_op_threads=intra_op_threads,
-            allow_spinning=allow_spinning,
-            providers=providers,
-        )
-        loaded = self._backend
+        self._options: dict[str, Any] = {
+            "backend": backend,
+            "intra_op_threads": intra_op_threads,
+            "allow_spinning": allow_spinning,
+            "providers": providers,
+        }
+        loaded = open_backend(self.path, **self._options)
+        self._backend: Backend | None = loaded
         interface = read_interface(loaded.inputs, loaded.outputs, loaded.metadata, self.path)
+        self._interface = interface
         #: The backend that runs the model: ``onnxruntime`` or ``numpy``.
         self.backend: str = loaded.name
         self.inputs, self.outputs = loaded.inputs, loaded.outputs
@@ -150,12 +153,46 @@ class Predictor:
     @property
     def providers(self) -> list[str]:
         """Execution providers the onnxruntime session actually uses (none for numpy)."""
-        return list(self._backend.providers)
+        return list(self._loaded().providers)
 
     @property
     def session(self) -> Any:
-        """The onnxruntime ``InferenceSession``, or the numpy backend's compiled program."""
-        return self._backend.session
+        """The onnxruntime ``InferenceSession``, or the numpy backend's compiled program
+        (loaded here in a process that unpickled the predictor)."""
+        return self._loaded().session
+
+    # -- pickling: the loaded model stays in its process; a copy loads its own ---------------
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_backend"] = state["_run"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._run = self._open_and_run
+
+    def _open_and_run(self, *args: Any) -> Any:
+        self._loaded()
+        return self._run(*args)
+
+    def _loaded(self) -> Backend:
+        """The loaded model; in an unpickled predictor, load it, refusing a changed model.
+
+        Without a thread count, use ``OMP_NUM_THREADS``: Ray and Spark set it in each
+        worker to the CPUs that worker was given.
+        """
+        if self._backend is not None:
+            return self._backend
+        options = dict(self._options)
+        if options["intra_op_threads"] is None:
+            options["intra_op_threads"] = _allotted_threads()
+        loaded = open_backend(self.path, **options)
+        interface = read_interface(loaded.inputs, loaded.outputs, loaded.metadata, self.path)
+        if interface != self._interface:
+            raise ArtifactError(f"{self.path}: the model file changed since it was loaded")
+        self._backend, self._run = loaded, loaded.run
+        return loaded
 
     def __repr__(self) -> str:
         return (
@@ -247,6 +284,12 @@ class Predictor:
             f"non-finite value {arr[row, col]} at row {row}, feature {self.feature_names[col]!r}"
             f" ({len(bad)} non-finite value(s) in all); expected finite numbers"
         )
+
+
+def _allotted_threads() -> int | None:
+    """``OMP_NUM_THREADS`` as a positive integer, else None (onnxruntime's default)."""
+    value = os.environ.get("OMP_NUM_THREADS", "")
+    return int(value) if value.isdigit() and int(value) > 0 else None
 
 
 def _require_readable(path: Path) -> None:
