@@ -72,6 +72,16 @@ class AccessPolicy:
             (b"access-control-max-age", _MAX_AGE),
         ]
 
+    def guard(
+        self, method: str, path: str, headers: Sequence[tuple[bytes, bytes]]
+    ) -> Headers | None:
+        """A CORS preflight's answer headers (the request then gets 204), else None once
+        :meth:`check` let the request through (it raises 401 when a token is missing)."""
+        preflight = self.preflight(method, headers)
+        if preflight is None:
+            self.check(path, headers)
+        return preflight
+
     def check(self, path: str, headers: Sequence[tuple[bytes, bytes]]) -> None:
         """Raise a 401 :class:`RequestError` unless the request may call ``path``."""
         if self._expected is None or path.startswith(_OPEN_PREFIX):

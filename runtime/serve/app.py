@@ -21,7 +21,6 @@ import re
 import weakref
 from collections.abc import Awaitable, Callable, MutableMapping
 from functools import partial
-from importlib.metadata import PackageNotFoundError, version
 from time import perf_counter, perf_counter_ns
 from typing import Any
 
@@ -47,9 +46,9 @@ from pomona.runtime.serve.extensions import (
     version_metadata,
 )
 from pomona.runtime.serve.metrics import metrics_for_process
-from pomona.runtime.serve.model_info import model_config, served_name
+from pomona.runtime.serve.model_info import model_config, pomona_version, served_name
 from pomona.runtime.serve.repository import ModelRepository
-from pomona.runtime.serve.snapshot import FixedModel, LoadedModel, ModelSource
+from pomona.runtime.serve.snapshot import FixedModel, LoadedModel, ModelSource, load_predictor
 from pomona.runtime.serve.stats import Statistics
 
 __all__ = [
@@ -91,13 +90,6 @@ _INTERNAL_ERROR = b'{"error":"internal server error"}'
 _CLOSING_STATUSES = frozenset({408, 413, 503})
 
 
-def _pomona_version() -> str:
-    try:
-        return version("pomona")
-    except PackageNotFoundError:  # pragma: no cover - running from a bare checkout
-        return "0+unknown"
-
-
 class InferenceApp:
     """The ASGI application serving a :class:`Predictor`, or a model repository, under the
     Open Inference Protocol."""
@@ -133,7 +125,7 @@ class InferenceApp:
             weakref.WeakKeyDictionary()
         )
         self._server_metadata = orjson.dumps(
-            {"name": SERVER_NAME, "version": _pomona_version(), "extensions": _EXTENSIONS}
+            {"name": SERVER_NAME, "version": pomona_version(), "extensions": _EXTENSIONS}
         )
         self._routes = self._route_table()
         for name in self.source.snapshot.models:  # parse the busiest paths now
@@ -218,9 +210,9 @@ class InferenceApp:
         path = scope["path"]
         try:
             if self._access is not None:
-                preflight = _guard(self._access, scope, path)
+                preflight = self._access.guard(scope["method"], path, scope["headers"])
                 if preflight is not None:
-                    return preflight
+                    return 204, _JSON, b"", preflight
             if route is None:
                 raise self._unknown_path(path)
             handler = route[1].get(scope["method"])
@@ -363,15 +355,6 @@ class InferenceApp:
         return 200, _JSON, b"{}", _NO_HEADERS
 
 
-def _guard(access: AccessPolicy, scope: Scope, path: str) -> Response | None:
-    """A CORS preflight's answer; raise 401 when a token is needed and missing."""
-    preflight = access.preflight(scope["method"], scope["headers"])
-    if preflight is not None:
-        return 204, _JSON, b"", preflight
-    access.check(path, scope["headers"])
-    return None
-
-
 def _error_response(err: PomonaError) -> Response:
     body = orjson.dumps({"error": str(err)})
     status = err.http_status
@@ -381,19 +364,6 @@ def _error_response(err: PomonaError) -> Response:
 
 
 # -- factories -------------------------------------------------------------------------------
-
-
-def load_predictor(
-    model: str | os.PathLike[str], *, check_manifest: bool = True, backend: str = "auto"
-) -> Predictor:
-    """The predictor a server process uses: one intra-op thread, no spinning."""
-    return Predictor(
-        model,
-        check_manifest=check_manifest,
-        intra_op_threads=1,
-        allow_spinning=False,
-        backend=backend,
-    )
 
 
 def create_app(

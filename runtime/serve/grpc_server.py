@@ -26,10 +26,11 @@ import grpc
 import grpc.aio
 
 from pomona.runtime.errors import PomonaError
-from pomona.runtime.serve.app import SERVER_NAME, _pomona_version, logger
+from pomona.runtime.serve.app import SERVER_NAME, logger
 from pomona.runtime.serve.codec import RequestError
 from pomona.runtime.serve.grpc_codec import decode_infer, encode_infer
 from pomona.runtime.serve.grpc_options import GrpcOptions
+from pomona.runtime.serve.model_info import pomona_version
 from pomona.runtime.serve.proto import open_inference_grpc_pb2 as pb
 from pomona.runtime.serve.proto import open_inference_grpc_pb2_grpc as pb_grpc
 from pomona.runtime.serve.snapshot import LoadedModel, ModelSource
@@ -61,7 +62,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self._stats = stats
         self._ready = ready
         self._metadata = pb.ServerMetadataResponse(
-            name=SERVER_NAME, version=_pomona_version(), extensions=["statistics"]
+            name=SERVER_NAME, version=pomona_version(), extensions=["statistics"]
         )
 
     async def ServerLive(self, request: Any, context: Any) -> Any:

@@ -11,15 +11,24 @@
 from __future__ import annotations
 
 import re
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from pomona.runtime.artifacts import FORMAT_KEY
 from pomona.runtime.predictor import Predictor
 
-__all__ = ["model_config", "model_metadata", "served_name"]
+__all__ = ["model_config", "model_metadata", "pomona_version", "served_name"]
 
 #: Names ``pomona export --name`` accepts; anything else is not taken as a served name.
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def pomona_version() -> str:
+    """This package's version, as the server metadata reports it."""
+    try:
+        return version("pomona")
+    except PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+        return "0+unknown"
 
 
 def served_name(predictor: Predictor, default: str) -> str:

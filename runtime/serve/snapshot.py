@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ __all__ = [
     "Snapshot",
     "VersionPolicy",
     "check_version_folder",
+    "load_predictor",
     "load_version",
     "manifest_stamp",
 ]
@@ -42,6 +44,19 @@ __all__ = [
 VERSION_NAME = re.compile(r"[1-9][0-9]{0,17}")
 
 Loader = Callable[[Path], Predictor]
+
+
+def load_predictor(
+    model: str | os.PathLike[str], *, check_manifest: bool = True, backend: str = "auto"
+) -> Predictor:
+    """The predictor a server process uses: one intra-op thread, no spinning."""
+    return Predictor(
+        model,
+        check_manifest=check_manifest,
+        intra_op_threads=1,
+        allow_spinning=False,
+        backend=backend,
+    )
 
 
 # -- version policy --------------------------------------------------------------------------
