@@ -14,10 +14,12 @@ import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from pomona.runtime.errors import ArtifactError
-from pomona.runtime.onnx_proto import TensorInfo
+
+if TYPE_CHECKING:  # numpy comes with it: not at the start of every command
+    from pomona.runtime.onnx_proto import TensorInfo
 
 __all__ = [
     "BACKENDS",
