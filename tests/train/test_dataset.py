@@ -91,6 +91,25 @@ def test_batch_tensors_takes_index_lists_and_tensors() -> None:
         BatchTensors(torch.zeros(2), torch.zeros(3))
 
 
+@settings(max_examples=50, deadline=None)
+@given(
+    rows=st.integers(1, 200),
+    columns=st.integers(0, 4),
+    data=st.data(),
+)
+def test_batch_tensors_gathers_the_rows_plain_indexing_does(
+    rows: int, columns: int, data: st.DataObject
+) -> None:
+    index = data.draw(st.lists(st.integers(0, rows - 1), max_size=3 * rows))
+    shape = (rows, columns) if columns else (rows,)
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(rows))
+    y = torch.arange(rows * 2).reshape(rows, 2)
+    for form in (index, torch.tensor(index, dtype=torch.int64)):
+        got = BatchTensors(x, y)[form]
+        assert torch.equal(got[0], x[index]) and got[0].dtype == x.dtype
+        assert torch.equal(got[1], y[index]) and got[1].dtype == y.dtype
+
+
 def test_library_errors_are_data_errors(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="no such file"):
         read_table(tmp_path / "missing.csv", *CROP)
