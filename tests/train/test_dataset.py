@@ -54,6 +54,23 @@ def test_split_is_a_partition(rows: int, fraction: float, seed: int) -> None:
     assert np.array_equal(train, again[0]) and np.array_equal(val, again[1])
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    rows=st.integers(2, 400),
+    fraction=st.sampled_from([0.0, 0.01, 0.2, 0.5, 0.9]),
+    seed=st.integers(0, 2**32),
+)
+def test_split_is_the_seeded_permutation_sorted(rows: int, fraction: float, seed: int) -> None:
+    """The held-out rows are the first of a seeded permutation, each part sorted."""
+    n_val = 0 if fraction <= 0 else max(1, round(rows * fraction))
+    if rows - n_val < 2:
+        return
+    order = np.random.default_rng(seed).permutation(rows)
+    train, val = split_indices(_table(rows), fraction, seed)
+    assert np.array_equal(train, np.sort(order[n_val:])) and train.dtype == np.int64
+    assert np.array_equal(val, np.sort(order[:n_val])) and val.dtype == np.int64
+
+
 def test_split_keeps_two_training_rows() -> None:
     assert [len(part) for part in split_indices(_table(3), 0.2, 0)] == [2, 1]
     with pytest.raises(DataError, match=r"t\.csv: 3 data rows, but training needs at least 3"):
