@@ -59,15 +59,10 @@ def test_reading_parquet_does_not_import_pandas(tmp_path: Path) -> None:
         f"values = read_numbers({str(path)!r}, {NAMES!r})\n"
         "print(json.dumps([values.tolist(), 'pandas' in sys.modules]))\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=REPO,
-        timeout=SUBPROCESS_TIMEOUT,
+    output = subprocess.check_output(
+        [sys.executable, "-c", script], text=True, cwd=REPO, timeout=SUBPROCESS_TIMEOUT
     )
-    values, pandas_loaded = json.loads(done.stdout)
+    values, pandas_loaded = json.loads(output)
     assert values == [[1.5, 3.0, 5.0], [2.0, 4.0, 6.25]]
     assert not pandas_loaded
 
