@@ -10,15 +10,12 @@ column of the first problem (or accepts the block, with the same values).
 from __future__ import annotations
 
 import collections
-import contextlib
 import csv
 import functools
 import io
-import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -152,7 +149,7 @@ class _ArrowParser:
         import pyarrow as pa
         import pyarrow.csv as pacsv
 
-        _use_jemalloc(pa)
+        _source.use_jemalloc(pa)
         self.pa, self.pacsv = pa, pacsv
         self.header, self.spec, self.name = header, spec, name
         seen: set[str] = set()
@@ -198,14 +195,6 @@ class _ArrowParser:
                 return parse_block(block, self.header, self.spec, self.name, first_row)
         keep = {k: table.column(k).combine_chunks() for k in self.spec.keep}
         return Batch(values, first_row, keep)
-
-
-def _use_jemalloc(pa: Any) -> None:
-    """Arrow's jemalloc pool keeps the peak memory of a streamed file ~10 MiB lower."""
-    if "ARROW_DEFAULT_MEMORY_POOL" in os.environ:
-        return
-    with contextlib.suppress(NotImplementedError, pa.ArrowNotImplementedError):  # no jemalloc
-        pa.set_memory_pool(pa.jemalloc_memory_pool())
 
 
 # -- the reader --------------------------------------------------------------------------------

@@ -48,7 +48,7 @@ def test_arrow_values_are_what_to_numpy_gives(kind: str, size: int, data: st.Dat
         assert np.array_equal(got, part.to_numpy(zero_copy_only=False))
 
 
-def test_reading_parquet_does_not_import_pandas(tmp_path: Path) -> None:
+def test_reading_parquet_imports_no_pandas_and_uses_jemalloc(tmp_path: Path) -> None:
     path = tmp_path / "rows.parquet"
     columns = {"temp": pa.array([1.5, 2.0], pa.float32()), "rainfall": [3, 4],
                "humidity": pa.array([5.0, 6.25], pa.float64())}  # fmt: skip
@@ -57,14 +57,17 @@ def test_reading_parquet_does_not_import_pandas(tmp_path: Path) -> None:
         "import json, sys\n"
         "from pomona.runtime.data import read_numbers\n"
         f"values = read_numbers({str(path)!r}, {NAMES!r})\n"
-        "print(json.dumps([values.tolist(), 'pandas' in sys.modules]))\n"
+        "import pyarrow as pa\n"
+        "pool = pa.default_memory_pool().backend_name\n"
+        "print(json.dumps([values.tolist(), 'pandas' in sys.modules, pool]))\n"
     )
     output = subprocess.check_output(
         [sys.executable, "-c", script], text=True, cwd=REPO, timeout=SUBPROCESS_TIMEOUT
     )
-    values, pandas_loaded = json.loads(output)
+    values, pandas_loaded, pool = json.loads(output)
     assert values == [[1.5, 3.0, 5.0], [2.0, 4.0, 6.25]]
     assert not pandas_loaded
+    assert pool == pa.jemalloc_memory_pool().backend_name  # ~50 MiB less than mimalloc's
 
 
 @pytest.mark.parametrize(
