@@ -119,9 +119,9 @@ def split_raw(payload: bytes) -> tuple[bytes, memoryview] | None:
     """A serialized request's head and its one raw input, when that is its last field.
 
     Every top-level field of a ``ModelInferRequest`` is length-delimited; anything else
-    (another wire type, a second raw entry, raw contents not last) gives None.
+    (another wire type, a second raw entry, raw contents not last, bytes cut short)
+    gives None, and the reference path answers.
     """
-    view = memoryview(payload)
     end = len(payload)
     at = 0
     while at < end:
@@ -132,21 +132,20 @@ def split_raw(payload: bytes) -> tuple[bytes, memoryview] | None:
         size, at = _varint(payload, at)
         at += size
         if tag == _RAW_INPUT_TAG:
-            return (payload[:start], view[at - size : at]) if at == end else None
+            return (payload[:start], memoryview(payload)[at - size : at]) if at == end else None
     return None
 
 
 def _varint(data: bytes, at: int) -> tuple[int, int]:
+    """The varint at ``at`` and the offset after it; an offset past the end if cut short."""
     value = shift = 0
-    while True:
-        if at >= len(data) or shift > 63:
-            raise IndexError("truncated varint")
-        byte = data[at]
+    for offset in range(at, min(len(data), at + 10)):
+        byte = data[offset]
         value |= (byte & 0x7F) << shift
-        at += 1
         if byte < 0x80:
-            return value, at
+            return value, offset + 1
         shift += 7
+    return 0, len(data) + 1
 
 
 def make_plan(model: LoadedModel, request: Any, predictions: np.ndarray) -> Plan:
