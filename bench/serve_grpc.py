@@ -7,8 +7,10 @@ channel, for a fixed time. Each server runs alone on CPU 0 (every thread of it);
 clients run on the other CPUs, so both servers get the same CPU budget and the load does
 not compete with them. Rounds alternate between the servers; the best and the median of
 each are reported, with the server's CPU time per request (read from its process) and
-whether the clients, not the server, ran out of CPU. MLServer is measured when its
-virtualenv (``make bench-peers`` installs it) is there, or with ``--peers``.
+whether the clients, not the server, ran out of CPU. A bare gRPC server answering a
+constant (:func:`run_ceiling`) runs beside them: the least Python's gRPC runtime costs.
+MLServer is measured when its virtualenv (``make bench-peers`` installs it) is there, or
+with ``--peers``.
 
     python -m bench.serve_grpc [--peers] [--rounds N]
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import multiprocessing
 import os
@@ -36,7 +39,7 @@ import psutil
 
 from bench.serve_load import HOST
 from bench.serve_peers import ensure_mlserver, mlserver_folder, mlserver_venv, start_mlserver
-from bench.serve_servers import MODEL_NAME, free_port, model, start, stop
+from bench.serve_servers import MODEL_NAME, REPO, free_port, model, start, stop
 from pomona.runtime.serve.proto import open_inference_grpc_pb2 as pb
 
 ROUNDS = 5
@@ -44,7 +47,8 @@ DURATION_S = 3.0
 WARMUP_S = 1.0
 IN_FLIGHT = 32  # calls each client process keeps in flight
 GOAL = 3.0  # the issue's goal: requests/s at one row, as a multiple of MLServer's
-METHOD = "/inference.GRPCInferenceService/ModelInfer"
+SERVICE = "inference.GRPCInferenceService"
+METHOD = f"/{SERVICE}/ModelInfer"
 #: Past this share of their CPUs busy, the clients, not the server, set the pace.
 CLIENT_BOUND = 0.9
 
@@ -141,6 +145,41 @@ def _start_pomona(model_path: Path, cpus: set[int] | None) -> tuple[subprocess.P
     return start(command, port, "/v2/health/ready", cpus=cpus), grpc_port
 
 
+def run_ceiling(port: int) -> None:
+    """A bare gRPC server answering every ModelInfer with one constant response.
+
+    gRPC's thread-pool server with as many threads as ``pomona serve``'s, no parsing, no
+    model: what Python's gRPC runtime costs per call on this machine, the least any Python
+    gRPC server can spend.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pomona.runtime.serve.grpc_server import GRPC_THREADS
+
+    response = pb.ModelInferResponse(model_name=MODEL_NAME, model_version="1")
+    response.outputs.add(name="predictions", datatype="FP32", shape=[1, 2])
+    response.raw_output_contents.append(np.zeros(2, "<f4").tobytes())
+    body = response.SerializeToString()
+    method = grpc.unary_unary_rpc_method_handler(lambda request, context: body)
+    server = grpc.server(
+        ThreadPoolExecutor(GRPC_THREADS),
+        handlers=[grpc.method_handlers_generic_handler(SERVICE, {"ModelInfer": method})],
+    )
+    server.add_insecure_port(f"{HOST}:{port}")
+    server.start()
+    server.wait_for_termination()
+
+
+def _start_ceiling(cpus: set[int] | None) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    launch = f"from bench.serve_grpc import run_ceiling; run_ceiling({port})"
+    pin = None if cpus is None else functools.partial(os.sched_setaffinity, 0, cpus)
+    proc = subprocess.Popen([sys.executable, "-c", launch], cwd=REPO, preexec_fn=pin)
+    with grpc.insecure_channel(f"{HOST}:{port}") as channel:
+        grpc.channel_ready_future(channel).result(timeout=60)
+    return proc, port
+
+
 def _start_mlserver(
     workdir: Path, model_path: Path, peers: bool, cpus: set[int] | None
 ) -> tuple[subprocess.Popen[bytes] | None, int, str | None]:
@@ -176,9 +215,14 @@ def main(argv: list[str] | None = None) -> None:
               f"load average {os.getloadavg()[0]:.1f}", flush=True)  # fmt: skip
         procs: list[subprocess.Popen[bytes]] = []
         try:
+            ceiling, ceiling_port = _start_ceiling(server_cpus)
+            procs.append(ceiling)
             pomona, pomona_port = _start_pomona(model_path, server_cpus)
             procs.append(pomona)
-            servers = {"pomona": (f"{HOST}:{pomona_port}", pomona.pid)}
+            servers = {
+                "ceiling": (f"{HOST}:{ceiling_port}", ceiling.pid),
+                "pomona": (f"{HOST}:{pomona_port}", pomona.pid),
+            }
             mlserver, ml_port, missing = _start_mlserver(
                 workdir, model_path, args.peers, server_cpus
             )
@@ -212,22 +256,31 @@ def report(
         print(f"gRPC {name:8} best {best.requests_per_s:7,.0f} req/s  median {median:7,.0f}  "
               f"server CPU {cpu:5.0f} us/req  clients busy {busy:4.0%}  "
               f"errors {sum(r.errors for r in done)}{bound}")  # fmt: skip
+    ratio, spread, cpu_ratio = _ratios(runs["pomona"], runs["ceiling"])
+    print(f"pomona / the bare gRPC ceiling: {ratio:.2f}x requests/s ({spread}), "
+          f"{1 / cpu_ratio:.2f}x its CPU per request")  # fmt: skip
     if "mlserver" not in runs:
         print(f"MLServer gRPC: {missing}")
         return
-    pairs = list(zip(runs["pomona"], runs["mlserver"], strict=True))
-    ratios = sorted(p.requests_per_s / m.requests_per_s for p, m in pairs)
-    ratio = statistics.median(ratios)
-    cpu_ratio = statistics.median(
-        m.cpu_us_per_request / p.cpu_us_per_request
-        for p, m in pairs
-        if p.cpu_us_per_request and m.cpu_us_per_request
-    )
+    ratio, spread, cpu_ratio = _ratios(runs["pomona"], runs["mlserver"])
+    ceiling, _, _ = _ratios(runs["ceiling"], runs["mlserver"])
     errors = sum(r.errors for done in runs.values() for r in done)
     verdict = "met" if ratio >= GOAL and not errors else "not met"
-    print(f"pomona / MLServer over gRPC at one row: {ratio:.2f}x requests/s (median of "
-          f"{len(ratios)} rounds, {ratios[0]:.2f}x-{ratios[-1]:.2f}x), {cpu_ratio:.2f}x less "
-          f"server CPU per request (goal >= {GOAL:.0f}x: {verdict})")  # fmt: skip
+    print(f"pomona / MLServer over gRPC at one row: {ratio:.2f}x requests/s ({spread}), "
+          f"{cpu_ratio:.2f}x less server CPU per request (goal >= {GOAL:.0f}x: {verdict}); "
+          f"the bare ceiling / MLServer: {ceiling:.2f}x")  # fmt: skip
+
+
+def _ratios(ours: list[Run], theirs: list[Run]) -> tuple[float, str, float]:
+    """The median of the per-round request rate ratios, their spread, the CPU ratio."""
+    pairs = list(zip(ours, theirs, strict=True))
+    ratios = sorted(a.requests_per_s / b.requests_per_s for a, b in pairs)
+    cpu = statistics.median(
+        b.cpu_us_per_request / a.cpu_us_per_request
+        for a, b in pairs
+        if a.cpu_us_per_request and b.cpu_us_per_request
+    )
+    return statistics.median(ratios), f"{ratios[0]:.2f}x-{ratios[-1]:.2f}x over the rounds", cpu
 
 
 if __name__ == "__main__":
