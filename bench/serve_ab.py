@@ -8,8 +8,9 @@ environment's Python and packages, so only Pomona's own code differs. Both serve
 the same model and run on CPU 0; the load (wrk, or the Python loop) runs on the other
 CPUs. The loads of ``python -m bench.serve`` (one row at 32 connections; 1000 rows as JSON
 and as binary tensor data at 8) alternate between the two servers for ``--rounds``
-rounds; the report gives each server's median and best requests/s, its median server CPU
-per request, and the median of the per-round ratios (this checkout over BEFORE).
+rounds, which of them goes first alternating too; the report gives each server's median
+and best requests/s, its median server CPU per request, and the median of the per-round
+ratios (this checkout over BEFORE).
 """
 
 from __future__ import annotations
@@ -68,8 +69,9 @@ def main(argv: list[str] | None = None) -> None:
                 runs: dict[str, list[Result]] = {name: [] for name in servers}
                 for _, port in servers.values():
                     warm_up(port, load, workdir, wrk)
-                for _ in range(args.rounds):
-                    for name, (proc, port) in servers.items():
+                for round_ in range(args.rounds):  # now first, then before first, ...
+                    order = list(servers.items())[:: 1 if round_ % 2 == 0 else -1]
+                    for name, (proc, port) in order:
                         runs[name].append(measure(port, proc.pid, load, workdir, wrk))
                 _report(load.name, runs)
         finally:
