@@ -149,14 +149,24 @@ def process_group(device: torch.device) -> Iterator[World]:
     _current, _device = here, device
     try:
         yield here
-    except dist.DistError as err:
+    except RuntimeError as err:
+        if not _peer_lost(err):
+            raise
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise PomonaError(
-            f"rank {here.rank}: lost the other ranks ({first}); resume with --resume"
+            f"rank {here.rank}: lost the other ranks ({first}); continue with --resume"
         ) from err
     finally:
         _current, _device = _SINGLE, None
         dist.destroy_process_group()
+
+
+def _peer_lost(err: RuntimeError) -> bool:
+    """Whether a collective failed because another rank went away (gloo reports it as a
+    plain RuntimeError from its transport)."""
+    import torch.distributed as dist
+
+    return isinstance(err, dist.DistError) or "/gloo/transport/" in str(err)
 
 
 def all_sum(values: Sequence[float]) -> list[float]:
@@ -193,7 +203,7 @@ def barrier() -> None:
 def wrap(module: nn.Module, device: torch.device) -> nn.Module:
     """``module`` as DistributedDataParallel (gradients averaged over the ranks in
     backward), or itself when alone. Buffers (the standardization statistics) are the
-    same on every rank and are not sent each step."""
+    same on every rank: they are not sent again before each step."""
     if _current.size == 1:
         return module
     from torch.nn.parallel import DistributedDataParallel
