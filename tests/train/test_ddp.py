@@ -40,6 +40,8 @@ from tests.train.test_loop import states_equal, write_synthetic
 WEIGHTS_ATOL = 1e-5
 #: Losses and metrics reduced over the ranks (float64 sums) against a single process.
 LOSS_RTOL = 1e-5
+#: Set to 1 to run the 1M-row comparison (minutes).
+MILLION_VARIABLE = "POMONA_DDP_MILLION"
 
 psutil = pytest.importorskip("psutil")
 
@@ -190,8 +192,9 @@ def options(config: TrainConfig) -> list[str]:
     return found
 
 
-def assert_same_run(out: Path, reference: Any) -> None:
-    """The checkpoint in ``out`` (2 ranks) against ``reference``, a single-process TrainResult."""
+def assert_same_run(out: Path, reference: Any) -> float:
+    """The checkpoint in ``out`` (2 ranks) against ``reference``, a single-process TrainResult;
+    returns the largest difference of a weight."""
     state = load_checkpoint(out / "checkpoint.pt")
     ours, theirs = state["model_state"], reference.model.state_dict()
     assert ours.keys() == theirs.keys()
@@ -214,6 +217,7 @@ def assert_same_run(out: Path, reference: Any) -> None:
         for key in ("mse", "mae", "r2"):
             assert metrics[split][key] == pytest.approx(reference.metrics[split][key], rel=1e-4)
     assert metrics["best_epoch"] == reference.metrics["best_epoch"]
+    return max(float((ours[k] - v).abs().max()) for k, v in theirs.items())
 
 
 def test_two_ranks_on_the_crop_data_equal_one_process(tmp_path: Path) -> None:
@@ -248,6 +252,32 @@ def test_two_ranks_on_synthetic_rows_equal_one_process(tmp_path: Path, stream: b
     assert "(2 ranks x 499-500 rows = global batch 999)" in result.stderr
     single = train(dataclasses.replace(config, out=str(tmp_path / "single")))
     assert_same_run(tmp_path / "ddp", single)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    os.environ.get(MILLION_VARIABLE) != "1", reason=f"opt-in: {MILLION_VARIABLE}=1 runs it"
+)
+def test_a_million_rows_on_two_ranks_equal_one_process(tmp_path: Path) -> None:
+    """The 1M-row case of the test above (docs/scale.md has its numbers): a linear model
+    and an MLP, 3 epochs, a global batch of 1000."""
+    data = write_synthetic(tmp_path / "rows.csv", 1_000_000, seed=7)
+    for hidden in ((), (16,)):
+        name = "mlp" if hidden else "linear"
+        config = TrainConfig(
+            data=str(data),
+            epochs=3,
+            batch_size=1000,
+            hidden=hidden,
+            lr=0.03 if hidden else 0.01,
+            device="cpu",
+            out=str(tmp_path / name / "ddp"),
+        )
+        result = torchrun("train", *options(config))
+        assert result.returncode == 0, result.stderr
+        single = train(dataclasses.replace(config, out=str(tmp_path / name / "single")))
+        worst = assert_same_run(tmp_path / name / "ddp", single)
+        print(f"{name}: largest weight difference {worst:.3g}")
 
 
 def _checkpoint_epoch(path: Path) -> int:
