@@ -43,6 +43,7 @@ __all__ = [
     "gather",
     "launched",
     "process_group",
+    "same_everywhere",
     "world",
     "wrap",
 ]
@@ -190,6 +191,13 @@ def gather(value: Any) -> list[Any]:
     values: list[Any] = [None] * _current.size
     dist.all_gather_object(values, value)
     return values
+
+
+def same_everywhere(value: Any) -> bool:
+    """Whether every rank holds an equal ``value`` (the same answer on every rank, so that
+    all of them can stop together instead of some waiting for the others forever)."""
+    first, *rest = gather(value)
+    return all(other == first for other in rest)
 
 
 def barrier() -> None:

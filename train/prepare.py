@@ -317,6 +317,13 @@ def prepare(config: TrainConfig, table: Table | None = None, resume: bool = Fals
     out = Path(config.out)
     checkpoint_path = out / CHECKPOINT_FILE
     previous = resume_state(checkpoint_path, config, data.table) if resume else None
+    start = 0 if previous is None else int(previous["epoch"])
+    if not distributed.same_everywhere((start, data.table.sha256)):
+        raise PomonaError(
+            "the ranks read different data or checkpoints: every rank reads --data and, with "
+            "--resume, OUT/checkpoint.pt itself; on several machines use the same files "
+            "(a shared folder)"
+        )
 
     model = _new_model(config, data.features, data.targets).to(device)
     if config.precondition:
@@ -343,7 +350,7 @@ def prepare(config: TrainConfig, table: Table | None = None, resume: bool = Fals
         sampler=sampler,
         loader=_loader(config, data, device, sampler),
         checkpoint_path=checkpoint_path,
-        start=0 if previous is None else int(previous["epoch"]),
+        start=start,
         resumed=previous is not None,
         training_rows=data.training_rows,
         world=distributed.world(),
