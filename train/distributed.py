@@ -113,6 +113,11 @@ def launched() -> World:
             f"RANK={rank}, LOCAL_RANK={local_rank} do not fit WORLD_SIZE={size}, "
             f"LOCAL_WORLD_SIZE={local_size} (start the ranks with torchrun)"
         )
+    missing = [name for name in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(name)]
+    if missing:
+        raise PomonaError(
+            f"WORLD_SIZE={size} but {' and '.join(missing)} not set: start the ranks with torchrun"
+        )
     return World(rank=rank, size=size, local_rank=local_rank, local_size=local_size)
 
 

@@ -25,6 +25,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pomona.runtime.errors import PomonaError
 from pomona.train import distributed
 from pomona.train.batches import ShuffledBatches
 from pomona.train.checkpoint import load_checkpoint
@@ -129,7 +130,16 @@ def test_torchrun_environment_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
     env = {"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}
     for name, value in env.items():
         monkeypatch.setenv(name, value)
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    with pytest.raises(PomonaError, match="MASTER_ADDR and MASTER_PORT not set"):
+        distributed.launched()  # not started by torchrun: said, not a hang or a traceback
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "29500")
     assert distributed.launched() == World(rank=3, size=4, local_rank=1, local_size=2)
+    monkeypatch.setenv("RANK", "4")
+    with pytest.raises(PomonaError, match="do not fit"):
+        distributed.launched()
+    monkeypatch.setenv("RANK", "3")
     monkeypatch.setattr(distributed, "available_cpus", lambda: 7)
     assert distributed.default_threads() == 3  # 7 CPUs shared by 2 ranks on this machine
     monkeypatch.setattr(distributed, "available_cpus", lambda: 1)
