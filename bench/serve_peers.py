@@ -130,7 +130,9 @@ def mlserver_folder(workdir: Path, model: Path, http_port: int, parallel_workers
     return folder
 
 
-def start_mlserver(venv: Path, folder: Path, port: int) -> subprocess.Popen[bytes]:
+def start_mlserver(
+    venv: Path, folder: Path, port: int, cpus: set[int] | None = None
+) -> subprocess.Popen[bytes]:
     """``mlserver start`` on ``folder``, ready once the model answers its ready endpoint."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLSERVER_", "PYTHON"))}
     return start(
@@ -139,6 +141,7 @@ def start_mlserver(venv: Path, folder: Path, port: int) -> subprocess.Popen[byte
         f"/v2/models/{MODEL_NAME}/ready",
         log=folder / "mlserver.log",
         env=env,
+        cpus=cpus,
     )
 
 

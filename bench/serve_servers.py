@@ -7,6 +7,8 @@ uvicorn settings as ``pomona serve``: no server on this stack can pass it. Peer 
 
 from __future__ import annotations
 
+import functools
+import os
 import signal
 import socket
 import subprocess
@@ -84,12 +86,22 @@ def start(
     log: Path | None = None,
     env: dict[str, str] | None = None,
     timeout_s: float = 120.0,
+    cpus: set[int] | None = None,
 ) -> subprocess.Popen[bytes]:
-    """Start ``command`` and wait until ``ready_path`` answers 200; its output goes to ``log``."""
+    """Start ``command`` and wait until ``ready_path`` answers 200; its output goes to ``log``.
+
+    ``cpus``: the CPUs the server (every thread and process it starts) may run on.
+    """
     out = log.open("wb") if log else subprocess.DEVNULL
+    pin = None if cpus is None else functools.partial(os.sched_setaffinity, 0, cpus)
     try:
         proc = subprocess.Popen(
-            command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT if log else None, env=env
+            command,
+            cwd=REPO,
+            stdout=out,
+            stderr=subprocess.STDOUT if log else None,
+            env=env,
+            preexec_fn=pin,
         )
     finally:
         if log:

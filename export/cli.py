@@ -18,7 +18,7 @@ from pomona.runtime.artifacts import (
     ORT_FILE,
     TORCHSCRIPT_FILE,
 )
-from pomona.runtime.clikit import say, user_errors
+from pomona.runtime.clikit import clean_up_on_signals, say, user_errors
 
 __all__ = ["export"]
 
@@ -95,6 +95,7 @@ def report_lines(report: EquivalenceReport) -> list[str]:
     f"{ORT_CONFIG_FILE} (the operators it needs, for a reduced onnxruntime build).",
 )
 @user_errors
+@clean_up_on_signals
 def export(
     checkpoint: Path,
     out: Path | None,

@@ -26,8 +26,7 @@ import math
 import os
 import shutil
 import sys
-import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,7 +63,7 @@ from pomona.runtime.artifacts import (
     TRAINING_KEY,
 )
 from pomona.runtime.errors import ArtifactError
-from pomona.runtime.files import atomic_write_bytes
+from pomona.runtime.files import atomic_write_bytes, temporary_folder
 from pomona.runtime.predictor import Predictor
 from pomona.train.checkpoint import load_checkpoint, model_from_checkpoint
 from pomona.train.model import Standardize
@@ -311,16 +310,12 @@ def export_checkpoint(
     _check_no_paths(built.onnx_bytes, built.checkpoint, out_dir, *([repo_dir] if repo_dir else []))
     created_out = not out_dir.exists()
     try:
-        staging = _staging_folder(out_dir, repo_dir)
-    except OSError as err:
-        raise ArtifactError(f"cannot create the output folder: {err}") from err
-    try:
-        report = verify(built, staging)
-        files = publish(built, report, staging, out_dir, repo_dir, triton_version)
+        with _staging_folder(out_dir, repo_dir) as staging:
+            report = verify(built, staging)
+            files = publish(built, report, staging, out_dir, repo_dir, triton_version)
     except OSError as err:
         raise ArtifactError(f"cannot write the artifacts: {err}") from err
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
         if created_out:
             with contextlib.suppress(OSError):
                 out_dir.rmdir()  # only succeeds when nothing was written
@@ -378,9 +373,15 @@ def _checkpoint_entry(path: Path, state: Mapping[str, Any]) -> dict[str, Any]:
     return {"file": path.name, **artifact_entry(path.read_bytes()), "epoch": state.get("epoch")}
 
 
-def _staging_folder(out_dir: Path, repo_dir: Path | None) -> Path:
-    """Create the output folders; return a new, empty staging folder inside ``out_dir``."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if repo_dir is not None:
-        repo_dir.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=".pomona-export-", dir=out_dir))
+@contextlib.contextmanager
+def _staging_folder(out_dir: Path, repo_dir: Path | None) -> Iterator[Path]:
+    """Create the output folders; a new, empty staging folder inside ``out_dir``, removed
+    at the end (and by a signal that ends ``pomona export``)."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if repo_dir is not None:
+            repo_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ArtifactError(f"cannot create the output folder: {err}") from err
+    with temporary_folder(out_dir, ".pomona-export-") as staging:
+        yield staging

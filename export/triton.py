@@ -18,9 +18,12 @@ dimension is implicit in Triton, so ``dims`` name the per-row shapes ``[F]`` and
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import json
 import os
 import re
+import sys
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -122,15 +125,35 @@ def stage_entry(
     return staged
 
 
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (``renameat2`` with ``RENAME_EXCHANGE``); False if unsupported."""
+    if not sys.platform.startswith("linux"):
+        return False
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is None:  # a C library older than glibc 2.28
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):  # the file system cannot
+        return False
+    raise OSError(code, os.strerror(code), str(b))
+
+
 def place_entry(staged: Path, model_dir: Path, version: int) -> list[Path]:
     """Rename the staged version folder into ``model_dir/version``, then the configuration.
 
     The version folder appears whole, in one rename. A version folder already there is
-    first renamed away (into the staging folder, removed with it).
+    swapped with the staged one in one step where the system can (Linux's
+    ``renameat2(RENAME_EXCHANGE)``), so readers see the old folder or the new one, never
+    none; elsewhere it is first renamed away. The old folder ends in the staging folder,
+    removed with it.
     """
     target = model_dir / str(version)
-    if target.exists():
-        os.replace(target, staged / "replaced")
-    os.replace(staged / "version", target)
+    if not (target.exists() and _exchange(staged / "version", target)):
+        if target.exists():
+            os.replace(target, staged / "replaced")
+        os.replace(staged / "version", target)
     os.replace(staged / CONFIG_FILE, model_dir / CONFIG_FILE)
     return [*(target / p.name for p in sorted(target.iterdir())), model_dir / CONFIG_FILE]

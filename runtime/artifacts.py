@@ -187,8 +187,11 @@ def _short(sha: str) -> str:
     return f"{sha[:12]}…"
 
 
-def check_manifest(model: str | os.PathLike[str], sha256: str | None = None) -> ManifestCheck:
-    """Compare ``model`` with the manifest in its folder (``sha256``: the model's, if known).
+def check_manifest(
+    model: str | os.PathLike[str], sha256: str | None = None, data: bytes | None = None
+) -> ManifestCheck:
+    """Compare ``model`` with the manifest in its folder (``sha256``: the model's, if known;
+    ``data``: its bytes, when the caller has read them and will run exactly those).
 
     The model is matched by content: in a folder with a manifest that lists a model, a
     file of any name must have the sha256 of one of them. Its external data files (ONNX
@@ -205,7 +208,7 @@ def check_manifest(model: str | os.PathLike[str], sha256: str | None = None) -> 
     if not models:
         return ManifestCheck("none", f"{MANIFEST_FILE} lists no model ({', '.join(MODEL_FILES)})")
     try:
-        data = path.read_bytes()
+        data = path.read_bytes() if data is None else data
     except OSError as err:
         return ManifestCheck("unreadable", f"cannot read the model: {err.strerror or err}")
     actual = sha256 if sha256 is not None else hashlib.sha256(data).hexdigest()

@@ -12,9 +12,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_write", "atomic_write_bytes", "file_sha256", "remove_temporary_files"]
+__all__ = [
+    "atomic_write",
+    "atomic_write_bytes",
+    "file_sha256",
+    "remove_temporary_files",
+    "temporary_folder",
+]
 
-#: Temporary files :func:`atomic_write` has open now (removed by a signal handler).
+#: Temporary files and folders in use now (removed by a signal handler).
 _LIVE: set[str] = set()
 
 
@@ -35,13 +41,36 @@ def _signals_held() -> Iterator[None]:
 
 
 def remove_temporary_files() -> None:
-    """Remove the temporary files of every :func:`atomic_write` in progress.
+    """Remove the temporary files of every :func:`atomic_write` in progress, and every
+    :func:`temporary_folder` in use.
 
     For a signal handler that ends the process: their targets are left as they were.
     """
+    import shutil
+
     for tmp in list(_LIVE):
+        if os.path.isdir(tmp) and not os.path.islink(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def temporary_folder(parent: str | os.PathLike[str], prefix: str) -> Iterator[Path]:
+    """A new, empty folder in ``parent`` for staging files that are then renamed into
+    place; removed with whatever is left in it when the block ends, and by
+    :func:`remove_temporary_files` when a signal ends the process first."""
+    import shutil
+    import tempfile
+
+    with _signals_held():
+        folder = tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=parent)
+        _LIVE.add(folder)
+    try:
+        yield Path(folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        _LIVE.discard(folder)
 
 
 @contextlib.contextmanager

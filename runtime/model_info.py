@@ -14,7 +14,6 @@ from typing import Any
 from pomona.runtime.artifacts import check_manifest
 from pomona.runtime.backends import choose_backend
 from pomona.runtime.errors import ArtifactError
-from pomona.runtime.files import file_sha256
 from pomona.runtime.onnx_proto import read_header
 from pomona.runtime.predictor import Predictor
 
@@ -33,7 +32,7 @@ def describe(model: str | os.PathLike[str], backend: str = "auto") -> dict[str, 
     """Everything ``pomona info`` shows, as plain JSON-ready data."""
     predictor = Predictor(model, check_manifest=False, backend=backend)
     path = predictor.path
-    sha256 = file_sha256(path)
+    sha256 = predictor.sha256  # of the bytes loaded, not of a second read
     choice = choose_backend(backend, path)
 
     def tensors(items: Any) -> list[dict[str, Any]]:
@@ -46,6 +45,7 @@ def describe(model: str | os.PathLike[str], backend: str = "auto") -> dict[str, 
         "path": str(path),
         "sha256": sha256,
         "size": path.stat().st_size,
+        "format": "ort" if path.suffix == ".ort" else "onnx",
         "manifest": check_manifest(path, sha256).as_dict(),
         **header,
         "backend": {"name": choice.name, "reason": choice.reason},

@@ -217,7 +217,10 @@ def info(model: str, as_json: bool, backend: str) -> None:
 def _render(facts: dict[str, Any]) -> str:
     lines = [f"model      {facts['path']}", f"sha256     {facts['sha256']}"]
     lines.append(f"manifest   {facts['manifest']['status']}: {facts['manifest']['detail']}")
-    lines.append(f"ir/opset   IR {facts['ir_version']}, opset {_opsets(facts['opset'])}")
+    if facts["format"] == "ort":
+        lines.append("format     ORT (onnxruntime's own format: no ONNX IR version or opset)")
+    else:
+        lines.append(f"ir/opset   IR {facts['ir_version']}, opset {_opsets(facts['opset'])}")
     lines.append(f"backend    {facts['backend']['name']} ({facts['backend']['reason']})")
     if facts.get("producer"):
         lines.append(f"producer   {facts['producer']}")

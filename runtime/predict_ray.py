@@ -17,8 +17,8 @@ import contextlib
 import glob
 import logging
 import os
-import shutil
-import tempfile
+import signal
+import threading
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -26,8 +26,10 @@ from typing import Any
 
 import numpy as np
 
+from pomona.runtime.clikit import SIGNALS
 from pomona.runtime.data import DEFAULT_BATCH_SIZE, Spec, format_for, open_batches, predict_file
 from pomona.runtime.errors import DataError, PomonaError
+from pomona.runtime.files import temporary_folder
 from pomona.runtime.predictor import Predictor
 from pomona.runtime.ray import CPUS_PER_WORKER, check_keep
 
@@ -109,24 +111,20 @@ def predict_with_ray(
     paths = [str(Path(p).resolve()) for p in paths]
     target = Path(output)
     _free_output(target)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    try:
+    options = {
+        "output_format": fmt,
+        "batch_size": batch_size,
+        "keep": keep,
+        "delimiter": delimiter,
+        "check_manifest": check_manifest,
+        "threads": threads,
+    }
+    with temporary_folder(target.parent, f".{target.name}.") as staging:
         with _cluster(address):
-            options = {
-                "output_format": fmt,
-                "batch_size": batch_size,
-                "keep": keep,
-                "delimiter": delimiter,
-                "check_manifest": check_manifest,
-                "threads": threads,
-            }
             _run(paths, str(Path(model).resolve()), staging.resolve(), workers, options)
         with contextlib.suppress(FileNotFoundError):
             target.rmdir()  # an empty folder is replaced
         staging.rename(target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return sorted(os.listdir(target))
 
 
@@ -146,16 +144,27 @@ def _cluster(address: str | None) -> Iterator[None]:
         if ray.is_initialized():
             yield
             return
+        handlers = {signum: signal.getsignal(signum) for signum in SIGNALS}
         ray.init(
             address=address,
             include_dashboard=False,
             log_to_driver=False,
             logging_level=logging.ERROR,
         )
+        _restore(handlers)  # Ray's core puts its own (a stack dump) in place of ours
         try:
             yield
         finally:
             ray.shutdown()
+
+
+def _restore(handlers: dict[signal.Signals, Any]) -> None:
+    """Put back the Python signal handlers (from the main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for signum, handler in handlers.items():
+        if callable(handler):
+            signal.signal(signum, handler)
 
 
 class ShardWorker:

@@ -11,6 +11,7 @@ again in its own process on first use.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import stat
@@ -33,7 +34,7 @@ _OPT_OUT = "pass check_manifest=False (CLI: --no-manifest-check) to use it anywa
 _NUMERIC_KINDS = frozenset("iuf")
 _FLOAT32 = np.dtype(np.float32)
 _SMALL = 256  # up to this many values, check finiteness with a Python sum
-_MISMATCH_RETRIES = (0.0, 0.01, 0.1)  # seconds before each new look at a changing folder
+_MISMATCH_RETRIES = (0.0, 0.01, 0.05, 0.1, 0.25)  # seconds before each look again
 
 
 class Predictor:
@@ -78,17 +79,20 @@ class Predictor:
         backend: str = "auto",
     ) -> None:
         self.path = Path(model)
-        _require_readable(self.path)
+        data = _read_model(self.path)
         self.manifest_checked = False
         if check_manifest:
-            self.manifest_checked = self._check_manifest()
+            self.manifest_checked, data = self._check_manifest(data)
+        #: sha256 of the model bytes this predictor runs (checked against the manifest
+        #: when ``manifest_checked``); a copy in another process runs only these bytes.
+        self.sha256: str = hashlib.sha256(data).hexdigest()
         self._options: dict[str, Any] = {
             "backend": backend,
             "intra_op_threads": intra_op_threads,
             "allow_spinning": allow_spinning,
             "providers": providers,
         }
-        loaded = open_backend(self.path, **self._options)
+        loaded = open_backend(self.path, **self._options, data=data)
         self._backend: Backend | None = loaded
         interface = read_interface(loaded.inputs, loaded.outputs, loaded.metadata, self.path)
         self._interface = interface
@@ -132,21 +136,23 @@ class Predictor:
                 f"not float32 of shape {list(expected)}; export it again"
             )
 
-    def _check_manifest(self) -> bool:
-        """True when the manifest beside the model vouches for it; raise when it refuses it."""
-        check = compare_with_manifest(self.path)
-        # An export replacing the folder moves model.onnx in just before manifest.json:
-        # a reader in between sees the new model beside the old manifest. Look again.
+    def _check_manifest(self, data: bytes) -> tuple[bool, bytes]:
+        """Whether the manifest beside the model vouches for ``data`` (the model's bytes),
+        and the bytes it vouched for; raise when it refuses them."""
+        check = compare_with_manifest(self.path, data=data)
+        # An export replacing a folder in place moves model.onnx in just before
+        # manifest.json: a reader in between sees the new model beside the old manifest.
         for delay in _MISMATCH_RETRIES:
             if check.status != "mismatch":
                 break
             time.sleep(delay)
-            check = compare_with_manifest(self.path)
+            data = _read_model(self.path)
+            check = compare_with_manifest(self.path, data=data)
         if check.status == "mismatch":
             raise ArtifactError(f"{self.path}: {check.detail}; re-export it, or {_OPT_OUT}")
         if check.refused:
             raise ArtifactError(f"{self.path}: {check.detail}; {_OPT_OUT}")
-        return check.status == "ok"
+        return check.status == "ok", data
 
     # -- introspection ---------------------------------------------------------------------
 
@@ -187,7 +193,10 @@ class Predictor:
         options = dict(self._options)
         if options["intra_op_threads"] is None:
             options["intra_op_threads"] = _allotted_threads()
-        loaded = open_backend(self.path, **options)
+        data = _read_model(self.path)
+        if hashlib.sha256(data).hexdigest() != self.sha256:
+            raise ArtifactError(f"{self.path}: the model file changed since it was loaded")
+        loaded = open_backend(self.path, **options, data=data)
         interface = read_interface(loaded.inputs, loaded.outputs, loaded.metadata, self.path)
         if interface != self._interface:
             raise ArtifactError(f"{self.path}: the model file changed since it was loaded")
@@ -292,8 +301,11 @@ def _allotted_threads() -> int | None:
     return int(value) if value.isdigit() and int(value) > 0 else None
 
 
-def _require_readable(path: Path) -> None:
-    """ArtifactError unless ``path`` is a regular file this process can read."""
+def _read_model(path: Path) -> bytes:
+    """The bytes of ``path``; ArtifactError unless it is a regular file this process can read.
+
+    Read once: the manifest check hashes these bytes and the backend runs them.
+    """
     try:
         mode = path.stat().st_mode
         if stat.S_ISDIR(mode):
@@ -301,7 +313,7 @@ def _require_readable(path: Path) -> None:
         if not stat.S_ISREG(mode):
             raise ArtifactError(f"{path}: model file is not a regular file")
         with open(path, "rb") as handle:
-            handle.read(1)
+            return handle.read()
     except FileNotFoundError:
         raise ArtifactError(f"{path}: model file does not exist") from None
     except OSError as err:

@@ -7,6 +7,8 @@ from collections.abc import Iterable, Iterator, Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from pomona.train.distributed import World
+
 __all__ = ["GPU_SHARE", "BatchTensors", "ShuffledBatches", "batch_loader", "on_device", "place"]
 
 #: The training set moves to the GPU once when it takes at most this share of its free memory.
@@ -41,29 +43,45 @@ class ShuffledBatches(Sampler[torch.Tensor]):
     Equivalent to ``BatchSampler(RandomSampler(...), batch_size, drop_last=False)`` but it
     hands out slices of one ``torch.randperm`` instead of Python lists of ints, which keeps
     the DataLoader within a few percent of a hand-written slicing loop.
+
+    With ``world`` (several ranks) each rank draws the same permutation and gets its part
+    (:meth:`World.share`) of each batch of ``batch_size`` rows, the global batch: the same
+    number of batches on every rank, a part empty where a batch has fewer rows than ranks.
     """
 
-    def __init__(self, rows: int, batch_size: int, generator: torch.Generator) -> None:
+    def __init__(
+        self, rows: int, batch_size: int, generator: torch.Generator, world: World | None = None
+    ) -> None:
         self.rows = rows
         self.batch_size = batch_size
         self.generator = generator
+        self.world = world or World()
 
     def __len__(self) -> int:
         return -(-self.rows // self.batch_size)
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         order = torch.randperm(self.rows, generator=self.generator)
-        yield from order.split(self.batch_size)
+        if self.world.size == 1:
+            yield from order.split(self.batch_size)
+        else:
+            yield from (self.world.share(batch) for batch in order.split(self.batch_size))
 
 
 def batch_loader(
-    dataset: BatchTensors, batch_size: int, generator: torch.Generator, *, pin: bool = False
+    dataset: BatchTensors,
+    batch_size: int,
+    generator: torch.Generator,
+    *,
+    pin: bool = False,
+    world: World | None = None,
 ) -> DataLoader[tuple[torch.Tensor, ...]]:
     """A DataLoader yielding shuffled whole batches; the order depends only on ``generator``.
 
-    ``pin`` puts each batch in pinned memory, for non-blocking copies to a GPU.
+    ``pin`` puts each batch in pinned memory, for non-blocking copies to a GPU. With
+    ``world`` each batch is this rank's part of the global batch (:class:`ShuffledBatches`).
     """
-    sampler = ShuffledBatches(len(dataset), batch_size, generator)
+    sampler = ShuffledBatches(len(dataset), batch_size, generator, world)
     return DataLoader(
         dataset, sampler=sampler, batch_size=None, generator=generator, pin_memory=pin
     )

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import click
 
 from pomona.runtime.clikit import say, user_errors
+from pomona.runtime.errors import PomonaError
 from pomona.train.config import (
     DEFAULT_FEATURES,
     DEFAULT_TARGETS,
@@ -19,6 +20,7 @@ from pomona.train.config import (
     default_lr,
 )
 from pomona.train.dataset import read_table, split_indices
+from pomona.train.distributed import launched
 from pomona.train.stream import DEFAULT_SHUFFLE_BUFFER, needs_streaming
 
 if TYPE_CHECKING:
@@ -108,9 +110,10 @@ def _summary(result: TrainResult, rows: int) -> str:
         f" (resumed at epoch {result.resumed_from})" if result.resumed_from is not None else ""
     )
     warnings = "".join(f"; WARNING: {note}" for note in metrics.get("warnings") or [])
+    ranks = f" ({result.world.describe(config.batch_size)})" if result.world.size > 1 else ""
     return (
         f"trained {rows} rows x {len(config.features)} features -> {len(config.targets)} targets, "
-        f"{config.epochs} epochs{resumed} on {result.device.type}: train MSE {train_mse:.4f}"
+        f"{config.epochs} epochs{resumed} on {result.device.type}{ranks}: train MSE {train_mse:.4f}"
         f"{reference}, {_validation_text(metrics)}{warnings}; wrote {result.out}/"
     )
 
@@ -177,7 +180,7 @@ def _summary(result: TrainResult, rows: int) -> str:
     type=click.IntRange(min=1),
     default=_DEFAULTS.batch_size,
     show_default=True,
-    help="Rows per SGD step.",
+    help="Rows per SGD step. Under torchrun this is the global batch, shared among the ranks.",
 )
 @click.option(
     "--schedule",
@@ -244,7 +247,8 @@ def _summary(result: TrainResult, rows: int) -> str:
     type=click.IntRange(min=1),
     default=None,
     metavar="N",
-    help="torch threads for training.  [default: the CPUs this process may use]",
+    help="torch threads for training.  [default: the CPUs this process may use, shared "
+    "among the ranks on this machine under torchrun]",
 )
 @click.option(
     "--checkpoint-every",
@@ -286,6 +290,9 @@ def train(
 
     Writes OUT/checkpoint.pt as --checkpoint-every says and at the end, then
     OUT/metrics.json, OUT/history.csv and OUT/loss_curve.png.
+
+    On several processes or machines: torchrun --nproc-per-node N --no-python pomona
+    train ... (DistributedDataParallel; rank 0 writes and prints; see docs/scale.md).
     """
     overlap = sorted(set(features) & set(targets))
     if overlap:
@@ -318,9 +325,12 @@ def train(
         checkpoint_epochs=checkpoint_every[0],
         checkpoint_seconds=checkpoint_every[1],
     )
+    here = launched()
     table = None
     if not stream:
-        reason = needs_streaming(data, len(features) + len(targets))
+        reason = needs_streaming(data, len(features) + len(targets), here.local_size)
+        if reason is not None and here.size > 1:  # every rank must make the same choice
+            raise PomonaError(f"{reason.rpartition(': ')[0]}: pass --stream under torchrun")
         if reason is not None:
             say(reason)
             config = dataclasses.replace(config, stream=True)
@@ -332,7 +342,7 @@ def train(
 
     with contextlib.ExitStack() as stack:
         on_epoch: EpochCallback | None = None
-        if sys.stderr.isatty():
+        if here.main and sys.stderr.isatty():
             bar = stack.enter_context(
                 click.progressbar(length=epochs, label="training", file=sys.stderr, show_pos=True)
             )
@@ -344,6 +354,8 @@ def train(
             on_epoch = advance
 
         result = run_training(config, resume=resume, on_epoch=on_epoch, table=table)
+    if not here.main:  # rank 0 speaks for the run
+        return
     if result.plot_error:
         say(result.plot_error)
     say(_summary(result, result.metrics["train"]["rows"]))

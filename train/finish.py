@@ -10,8 +10,9 @@ from typing import Any
 
 from pomona.runtime.artifacts import HISTORY_FILE, METRICS_FILE, PLOT_FILE
 from pomona.runtime.files import atomic_write
+from pomona.train import distributed
 from pomona.train.checkpoint import save_checkpoint
-from pomona.train.fit import evaluate
+from pomona.train.fit import evaluate, shared_sums
 from pomona.train.metrics import least_squares_mse, regression_metrics
 from pomona.train.prepare import Run
 
@@ -98,6 +99,11 @@ def _measure(run: Run) -> tuple[dict[str, Any], dict[str, Any] | None]:
     if run.stream is not None:
         return run.stream.metrics(run.model, names)
     device = run.device
+    if run.world.size > 1:  # each rank measures its share; the sums are merged
+        train = shared_sums(run.model, run.x_train.to(device), run.y_train).result(names)
+        if not len(run.x_val):
+            return train, None
+        return train, shared_sums(run.model, run.x_val.to(device), run.y_val).result(names)
     train = regression_metrics(evaluate(run.model, run.x_train.to(device)), run.y_train, names)
     if not len(run.x_val):
         return train, None
@@ -115,6 +121,7 @@ def finish(run: Run) -> tuple[dict[str, Any], str | None]:
 
     With a validation split the model kept is that of the epoch with the lowest
     validation loss. Returns the metrics and, if the loss curve was not drawn, why.
+    Every rank measures; rank 0 alone writes, once all ranks are done.
     """
     config, best = run.config, run.best
     epochs_run = run.history[-1]["epoch"] if run.history else run.start
@@ -136,11 +143,14 @@ def finish(run: Run) -> tuple[dict[str, Any], str | None]:
         "least_squares_mse": None if config.hidden else _least_squares(run),
     }
     metrics["warnings"] = run.warnings + diagnose(metrics, run.history)
-    state = run.checkpoint_state(epochs_run, metrics)
-    if last_state is not None:
-        state["last_model_state"] = last_state
-    save_checkpoint(run.checkpoint_path, state)
-    _write_outputs(run.out, run.history, metrics)
-    plot_error = _plot(run.out, run.history)
+    distributed.barrier()
+    plot_error = None
+    if run.world.main:
+        state = run.checkpoint_state(epochs_run, metrics)
+        if last_state is not None:
+            state["last_model_state"] = last_state
+        save_checkpoint(run.checkpoint_path, state)
+        _write_outputs(run.out, run.history, metrics)
+        plot_error = _plot(run.out, run.history)
     run.model.cpu().eval()
     return metrics, plot_error

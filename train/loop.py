@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from pomona.train import distributed
 from pomona.train.config import TrainConfig
 from pomona.train.dataset import Table
 from pomona.train.finish import HISTORY_FILE, METRICS_FILE, PLOT_FILE, finish
@@ -54,6 +55,7 @@ class TrainResult:
     device: torch.device
     resumed_from: int | None  # epochs already in the checkpoint, when resumed
     plot_error: str | None  # why the loss curve was not drawn, if it was not
+    world: distributed.World  # the ranks that trained it (one, without torchrun)
 
     @property
     def out(self) -> Path:
@@ -73,10 +75,14 @@ def train(
     schedule, early-stopping and RNG states are restored, so the result equals that of an
     uninterrupted run. ``on_epoch(epoch, record)`` is called after each epoch's checkpoint
     is written. ``table`` is the data already read from ``config.data`` (read here when None).
+
+    Under torchrun with several ranks (:mod:`pomona.train.distributed`) the ranks train
+    together with DistributedDataParallel and rank 0 alone writes the files.
     """
-    run = prepare(config, table, resume)
-    fit(run, on_epoch)
-    metrics, plot_error = finish(run)
+    with distributed.process_group(resolve_device(config.device)) as world:
+        run = prepare(config, table, resume)
+        fit(run, on_epoch)
+        metrics, plot_error = finish(run)
     return TrainResult(
         config=config,
         model=run.model,
@@ -85,4 +91,5 @@ def train(
         device=run.device,
         resumed_from=run.start if run.resumed else None,
         plot_error=plot_error,
+        world=world,
     )

@@ -8,7 +8,13 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["MetricSums", "least_squares_mse", "least_squares_mse_of", "regression_metrics"]
+__all__ = [
+    "MetricSums",
+    "least_squares_mse",
+    "least_squares_mse_of",
+    "merged",
+    "regression_metrics",
+]
 
 
 class MetricSums:
@@ -33,12 +39,24 @@ class MetricSums:
         if not n_b:
             return
         err = pred - true
-        self.squared += (err**2).sum(axis=0)
-        self.absolute += np.abs(err).sum(axis=0)
-        mean_b = true.mean(axis=0)
+        part = MetricSums(len(self.squared))
+        part.rows = n_b
+        part.squared = (err**2).sum(axis=0)
+        part.absolute = np.abs(err).sum(axis=0)
+        part.mean = true.mean(axis=0)
+        part.ss_tot = ((true - part.mean) ** 2).sum(axis=0)
+        self.merge(part)
+
+    def merge(self, other: MetricSums) -> None:
+        """Add the sums of ``other`` (other rows of the same targets), as if added here."""
+        n_b = other.rows
+        if not n_b:
+            return
         n = self.rows + n_b
-        delta = mean_b - self.mean
-        self.ss_tot += ((true - mean_b) ** 2).sum(axis=0) + delta**2 * (self.rows * n_b / n)
+        delta = other.mean - self.mean
+        self.squared += other.squared
+        self.absolute += other.absolute
+        self.ss_tot += other.ss_tot + delta**2 * (self.rows * n_b / n)
         self.mean += delta * (n_b / n)
         self.rows = n
 
@@ -68,6 +86,17 @@ class MetricSums:
             "r2": sum(r2_values) / len(r2_values) if r2_values else None,
             "targets": per_target,
         }
+
+
+def merged(parts: Sequence[MetricSums]) -> MetricSums:
+    """The sums of all ``parts`` (one per rank, in rank order); the only one when alone."""
+    first, *rest = parts
+    if not rest:
+        return first
+    total = MetricSums(len(first.squared))
+    for part in parts:
+        total.merge(part)
+    return total
 
 
 def regression_metrics(

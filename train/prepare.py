@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 
 from pomona.runtime.artifacts import CHECKPOINT_FILE
 from pomona.runtime.errors import ArtifactError, PomonaError
-from pomona.runtime.system import available_cpus
+from pomona.train import distributed
 from pomona.train.batches import BatchTensors, batch_loader, on_device, place
 from pomona.train.config import TrainConfig
 from pomona.train.dataset import Table, read_table, split_indices
@@ -44,19 +44,27 @@ PRECONDITION_DAMPING = 1e-3
 
 
 def resolve_device(name: str) -> torch.device:
-    """The one place that turns ``auto``/``cpu``/``cuda`` into a device."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cpu":
+    """The one place that turns ``auto``/``cpu``/``cuda`` into a device; under torchrun
+    each rank of a machine takes its own GPU (``LOCAL_RANK``)."""
+    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise PomonaError(
-                f"--device cuda: no CUDA device is available to torch {torch.__version__}; "
-                "use --device cpu or auto"
-            )
+    if name not in ("auto", "cuda"):
+        raise PomonaError(f"unknown device {name!r}; choose auto, cpu or cuda")
+    if not torch.cuda.is_available():
+        raise PomonaError(
+            f"--device cuda: no CUDA device is available to torch {torch.__version__}; "
+            "use --device cpu or auto"
+        )
+    here = distributed.launched()
+    if here.size == 1:
         return torch.device("cuda")
-    raise PomonaError(f"unknown device {name!r}; choose auto, cpu or cuda")
+    if here.local_rank >= torch.cuda.device_count():
+        raise PomonaError(
+            f"rank {here.rank}: {here.local_size} ranks on this machine but "
+            f"{torch.cuda.device_count()} CUDA devices; start at most one rank per GPU "
+            "(torchrun --nproc-per-node) or use --device cpu"
+        )
+    return torch.device("cuda", here.local_rank)
 
 
 def set_seed(seed: int) -> None:
@@ -118,6 +126,8 @@ class Run:
     checkpoint_path: Path
     start: int  # epochs already done (by the checkpoint resumed from)
     resumed: bool
+    training_rows: int  # over every rank
+    world: distributed.World = field(default_factory=distributed.World)
     history: list[dict[str, Any]] = field(default_factory=list)
     best: BestEpoch | None = None
     warnings: list[str] = field(default_factory=list)
@@ -130,6 +140,11 @@ class Run:
         if self.loader is None:  # pragma: no cover - prepare sets one or the other
             raise TypeError("a run needs a loader or a stream")
         return on_device(self.loader, self.device)
+
+    def global_batches(self) -> list[int]:
+        """The rows of each of an epoch's global batches: ``batch_size``, the last fewer."""
+        size, rows = self.config.batch_size, self.training_rows
+        return [min(size, rows - start) for start in range(0, rows, size)]
 
     @property
     def out(self) -> Path:
@@ -292,18 +307,31 @@ def _loader(
     x, y = data.tensors["x_train"], data.tensors["y_train"]
     y_mean, y_std = data.targets
     x, y = place(x, (y - y_mean) / y_std, device)
-    return batch_loader(BatchTensors(x, y), config.batch_size, sampler, pin=x.device != device)
+    return batch_loader(
+        BatchTensors(x, y),
+        config.batch_size,
+        sampler,
+        pin=x.device != device,
+        world=distributed.world(),
+    )
 
 
 def prepare(config: TrainConfig, table: Table | None = None, resume: bool = False) -> Run:
     """Read and split the data (or scan it, when streaming), build model, optimizer and
     schedule; restore a resumed run."""
     device = resolve_device(config.device)
-    torch.set_num_threads(config.threads or available_cpus())
+    torch.set_num_threads(config.threads or distributed.default_threads())
     data = _streamed(config, device) if config.stream else _in_memory(config, table)
     out = Path(config.out)
     checkpoint_path = out / CHECKPOINT_FILE
     previous = resume_state(checkpoint_path, config, data.table) if resume else None
+    start = 0 if previous is None else int(previous["epoch"])
+    if not distributed.same_everywhere((start, data.table.sha256)):
+        raise PomonaError(
+            "the ranks read different data or checkpoints: every rank reads --data and, with "
+            "--resume, OUT/checkpoint.pt itself; on several machines use the same files "
+            "(a shared folder)"
+        )
 
     model = _new_model(config, data.features, data.targets).to(device)
     if config.precondition:
@@ -330,15 +358,18 @@ def prepare(config: TrainConfig, table: Table | None = None, resume: bool = Fals
         sampler=sampler,
         loader=_loader(config, data, device, sampler),
         checkpoint_path=checkpoint_path,
-        start=0 if previous is None else int(previous["epoch"]),
+        start=start,
         resumed=previous is not None,
+        training_rows=data.training_rows,
+        world=distributed.world(),
         warnings=data.warnings,
         stream=data.stream,
     )
     if previous is not None:
         restore(run, previous)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ArtifactError(f"{out}: cannot create the output folder: {err.strerror}") from err
+    if run.world.main:  # rank 0 alone writes
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ArtifactError(f"{out}: cannot create the output folder: {err.strerror}") from err
     return run

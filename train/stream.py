@@ -46,13 +46,18 @@ MEMORY_SHARE = 0.5
 _COPIES = 10
 
 
-def needs_streaming(path: str | os.PathLike[str] | None, columns: int) -> str | None:
-    """Why the data would not fit in memory (a sentence for the output), or None."""
+def needs_streaming(
+    path: str | os.PathLike[str] | None, columns: int, processes: int = 1
+) -> str | None:
+    """Why the data would not fit in memory (a sentence for the output), or None.
+
+    ``processes`` hold the data each (the ranks on one machine under torchrun).
+    """
     if path is None:
         return None
     _, files = locate(path)
     rows = estimate_rows(files)
-    need = rows * columns * 4 * _COPIES
+    need = rows * columns * 4 * _COPIES * processes
     free = available_memory()
     if free is None or need <= MEMORY_SHARE * free:
         return None

@@ -5,6 +5,10 @@ The pass before training (:func:`pomona.train.stream.scan`) gives the standardiz
 statistics, the feature correlation for the preconditioner and the least-squares
 reference; each epoch then reads the shards again in a seeded order through a seeded
 shuffle buffer. Rows are held out for validation by a seeded hash of their row number.
+
+Under several ranks every rank reads the same stream (the order depends only on the seed
+and the epoch) and takes its part of each global batch and of each held-out block; the
+metric sums of the ranks are merged.
 """
 
 from __future__ import annotations
@@ -18,9 +22,10 @@ import torch
 from torch import nn
 
 from pomona.runtime.errors import DataError
+from pomona.train import distributed
 from pomona.train.config import TrainConfig
 from pomona.train.dataset import MIN_TRAIN_ROWS, locate
-from pomona.train.metrics import MetricSums, least_squares_mse_of
+from pomona.train.metrics import MetricSums, least_squares_mse_of, merged
 from pomona.train.stream import Scan, epoch_rows, scan, selected_blocks
 
 __all__ = ["StreamTable", "StreamedData", "open_stream"]
@@ -102,8 +107,9 @@ class StreamedData:
         return values[:, : self.n_features], values[:, self.n_features :]
 
     def batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Epoch ``epoch``'s batches: raw features and *standardized* targets."""
-        config = self.config
+        """Epoch ``epoch``'s batches: raw features and *standardized* targets (this rank's
+        part of each global batch)."""
+        config, share = self.config, distributed.world().share
         y_mean, y_std = (t.to(self.device) for t in self.statistics("targets"))
         for block in epoch_rows(
             self.table.files,
@@ -115,11 +121,11 @@ class StreamedData:
             batch_size=config.batch_size,
             buffer_rows=config.shuffle_buffer,
         ):
-            x, y = self._tensors(block)
+            x, y = self._tensors(share(block))
             yield x, (y - y_mean) / y_std
 
     def _held(self, validation: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        config = self.config
+        config, share = self.config, distributed.world().share
         for block in selected_blocks(
             self.table.files,
             self.table.columns,
@@ -128,7 +134,7 @@ class StreamedData:
             config.seed,
             validation=validation,
         ):
-            yield self._tensors(block)
+            yield self._tensors(share(block))
 
     @torch.no_grad()
     def _sums(self, model: nn.Module, validation: bool) -> MetricSums:
@@ -140,7 +146,7 @@ class StreamedData:
                 sums.add(model(x), y)
         finally:
             model.train(was_training)
-        return sums
+        return merged(distributed.gather(sums))
 
     def validation_loss(self, model: nn.Module) -> float | None:
         """The MSE of ``model`` on the held-out rows (original scale), None without any."""

@@ -103,15 +103,20 @@ def open_backend(
     intra_op_threads: int | None = None,
     allow_spinning: bool = True,
     providers: Sequence[str] | None = None,
+    data: bytes | None = None,
 ) -> Backend:
-    """Load ``path`` with the backend :func:`choose_backend` picks."""
+    """Load ``path`` with the backend :func:`choose_backend` picks.
+
+    ``data``: the model's bytes, already read (and checked against its manifest): the
+    backend runs exactly these bytes instead of opening ``path`` again.
+    """
     choice = choose_backend(backend, path)
     if intra_op_threads is not None and intra_op_threads < 1:
         raise ValueError(f"intra_op_threads must be >= 1, got {intra_op_threads}")
     if choice.name == "numpy":
         from pomona.runtime.backends.numpy_backend import load_program
 
-        program = load_program(path)
+        program = load_program(path, data)
         return Backend(
             "numpy",
             program.run,
@@ -125,7 +130,11 @@ def open_backend(
     from pomona.runtime.backends import ort_backend
 
     session = ort_backend.open_session(
-        path, intra_op_threads=intra_op_threads, allow_spinning=allow_spinning, providers=providers
+        path,
+        intra_op_threads=intra_op_threads,
+        allow_spinning=allow_spinning,
+        providers=providers,
+        data=data,
     )
     inputs, outputs = ort_backend.tensors(session)
     meta = session.get_modelmeta()

@@ -94,10 +94,11 @@ class NumpyProgram:
         return values
 
 
-def load_program(path: Path) -> NumpyProgram:
-    """Read and compile ``path``; :class:`ArtifactError` when it cannot be read or run."""
+def load_program(path: Path, data: bytes | None = None) -> NumpyProgram:
+    """Read and compile ``path`` (``data``: its bytes, already read); :class:`ArtifactError`
+    when it cannot be read or run."""
     try:
-        graph = read_graph(path.read_bytes())
+        graph = read_graph(path.read_bytes() if data is None else data)
     except ValueError as err:
         raise ArtifactError(
             f"{path}: not a valid ONNX model (empty, truncated or corrupt?): {err}"

@@ -18,6 +18,9 @@ from pomona.runtime.system import available_cpus
 
 __all__ = ["default_providers", "fast_run", "open_session", "tensors", "version"]
 
+# Where a model built from bytes finds its external data files (onnxruntime >= 1.17).
+_EXTERNAL_DATA_FOLDER = "session.model_external_initializers_file_folder_path"
+
 
 def version() -> str:
     """The onnxruntime version this backend runs."""
@@ -38,8 +41,12 @@ def open_session(
     intra_op_threads: int | None,
     allow_spinning: bool,
     providers: Sequence[str] | None,
+    data: bytes | None = None,
 ) -> ort.InferenceSession:
     """An onnxruntime session for ``path``; :class:`ArtifactError` if it cannot be loaded.
+
+    With ``data`` (the model's bytes, already read) the session is built from those bytes,
+    so it runs what was checked; external data files are still read from ``path``'s folder.
 
     ``intra_op_threads=None`` uses the CPUs this process may run on
     (:func:`~pomona.runtime.system.available_cpus`), not onnxruntime's default of every
@@ -52,9 +59,11 @@ def open_session(
     options.intra_op_num_threads = intra_op_threads or available_cpus()
     if not allow_spinning:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if data is not None:
+        options.add_session_config_entry(_EXTERNAL_DATA_FOLDER, str(path.parent.resolve()))
     try:
         return ort.InferenceSession(
-            str(path),
+            str(path) if data is None else data,
             sess_options=options,
             providers=list(providers) if providers is not None else default_providers(),
         )

@@ -16,10 +16,11 @@ server's own overhead is the whole latency. One module per concern:
 ``repository``      ``ModelRepository``: scans a repository folder, builds the next
                     snapshot off to the side and swaps it in whole; polling; model control.
 ``stats``           the statistics extension's counters, per model version.
-``grpc_server``     the ``GRPCInferenceService`` on ``grpc.aio`` in a thread of its own
-                    (``grpc_codec``: messages to arrays and back; ``grpc_options``; the
-                    generated code and its ``.proto`` in ``proto/``; needs the ``grpc``
-                    extra).
+``grpc_server``     the ``GRPCInferenceService`` on gRPC's thread-pool server
+                    (``grpc_codec``: messages to arrays and back, and the kept plans of
+                    ``ModelInfer``; ``grpc_options``; ``grpc_launch``: in one process or
+                    in every worker; the generated code and its ``.proto`` in ``proto/``;
+                    needs the ``grpc`` extra).
 ``access``          the optional bearer token (401) and CORS for listed origins.
 ``model_info``      the served name (the exported one), model metadata with sha256,
                     Triton's model config.

@@ -121,6 +121,8 @@ class InferenceApp:
         self.stats = Statistics()
         self._access = access
         self._micro_batch = micro_batch
+        #: Called when the server stops (lifespan shutdown), after the requests in flight.
+        self.on_shutdown: list[Callable[[], object]] = []
         self._batchers: weakref.WeakKeyDictionary[LoadedModel, MicroBatcher] = (
             weakref.WeakKeyDictionary()
         )
@@ -240,6 +242,8 @@ class InferenceApp:
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 self.ready = False
+                for hook in self.on_shutdown:
+                    await asyncio.to_thread(hook)
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 

@@ -184,7 +184,7 @@ _LOG_LEVELS = ["critical", "error", "warning", "info", "debug"]
     type=click.IntRange(1, 65535),
     default=None,
     help="Also serve the Open Inference Protocol over gRPC on this port (needs the grpc "
-    "extra; one worker).",
+    "extra); with --workers, every worker serves it on this port.",
 )
 @click.option(
     "--grpc-max-message-bytes",
@@ -256,8 +256,6 @@ def serve(
     repository = _repository_options(
         model, name, no_manifest_check, version_policy, model_control, load_models, poll
     )
-    if grpc_port is not None and workers > 1:
-        raise click.UsageError("--grpc-port serves from one process; use --workers 1")
     grpc = GrpcOptions(grpc_port, grpc_max_message_bytes) if grpc_port is not None else None
     limits = Limits(
         header_timeout=timeout_header,

@@ -9,6 +9,7 @@ checks them (the same messages); the response carries the predictions as
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -18,7 +19,7 @@ from pomona.runtime.serve.codec_fast import as_float32
 from pomona.runtime.serve.proto import open_inference_grpc_pb2 as pb
 from pomona.runtime.serve.snapshot import LoadedModel
 
-__all__ = ["decode_infer", "encode_infer"]
+__all__ = ["MAX_PLANS", "Plan", "decode_infer", "encode_infer", "make_plan", "split_raw"]
 
 # The typed ``contents`` field that holds each datatype.
 _CONTENTS = {
@@ -73,9 +74,98 @@ def decode_infer(request: Any, model: LoadedModel) -> np.ndarray:
 
 def encode_infer(predictions: np.ndarray, model: LoadedModel, request_id: str) -> Any:
     """The ``ModelInferResponse`` carrying ``predictions`` as raw little-endian FP32."""
+    response = _response_head(model, predictions.shape, request_id)
+    response.raw_output_contents.append(predictions.astype("<f4", copy=False).tobytes())
+    return response
+
+
+def _response_head(model: LoadedModel, shape: tuple[int, ...], request_id: str) -> Any:
     response = pb.ModelInferResponse(
         model_name=model.name, model_version=model.version, id=request_id
     )
-    response.outputs.add(name=model.io.output_name, datatype="FP32", shape=predictions.shape)
-    response.raw_output_contents.append(predictions.astype("<f4", copy=False).tobytes())
+    response.outputs.add(name=model.io.output_name, datatype="FP32", shape=shape)
     return response
+
+
+# -- the fast path: a request like the one before it ------------------------------------------
+
+# ``ModelInferRequest.raw_input_contents`` (field 7, length-delimited) and
+# ``ModelInferResponse.raw_output_contents`` (field 6): their tags on the wire.
+_RAW_INPUT_TAG = 7 << 3 | 2
+_RAW_OUTPUT_TAG = 6 << 3 | 2
+#: Plans kept; past it the table starts again (clients that vary the request id, say).
+MAX_PLANS = 256
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What answering a request with a given head takes, once the reference path answered it.
+
+    The head is the request up to its one ``raw_input_contents`` entry, its last field:
+    model, version, id, input name, datatype and shape, the outputs asked for. ``prefix``
+    is the response up to its raw output bytes.
+    """
+
+    model: LoadedModel
+    #: The version asked for (None: the latest ready).
+    version: str | None
+    wire: np.dtype[Any]
+    shape: tuple[int, int]
+    nbytes: int
+    prefix: bytes
+
+
+def split_raw(payload: bytes) -> tuple[bytes, memoryview] | None:
+    """A serialized request's head and its one raw input, when that is its last field.
+
+    Every top-level field of a ``ModelInferRequest`` is length-delimited; anything else
+    (another wire type, a second raw entry, raw contents not last, bytes cut short)
+    gives None, and the reference path answers.
+    """
+    end = len(payload)
+    at = 0
+    while at < end:
+        start = at
+        tag, at = _varint(payload, at)
+        if tag & 7 != 2:
+            return None
+        size, at = _varint(payload, at)
+        at += size
+        if tag == _RAW_INPUT_TAG:
+            return (payload[:start], memoryview(payload)[at - size : at]) if at == end else None
+    return None
+
+
+def _varint(data: bytes, at: int) -> tuple[int, int]:
+    """The varint at ``at`` and the offset after it; an offset past the end if cut short."""
+    value = shift = 0
+    for offset in range(at, min(len(data), at + 10)):
+        byte = data[offset]
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, offset + 1
+        shift += 7
+    return 0, len(data) + 1
+
+
+def make_plan(model: LoadedModel, request: Any, predictions: np.ndarray) -> Plan:
+    """The plan of ``request``, which the reference path answered with ``predictions``."""
+    tensor = request.inputs[0]
+    wire, rows = _checked(
+        {"name": tensor.name, "datatype": tensor.datatype, "shape": list(tensor.shape)},
+        model.io.n_features,
+    )
+    head = _response_head(model, predictions.shape, request.id).SerializeToString()
+    prefix = head + _encode_varint(_RAW_OUTPUT_TAG) + _encode_varint(predictions.size * 4)
+    shape = (rows, model.io.n_features)
+    nbytes = rows * model.io.n_features * wire.itemsize
+    return Plan(model, request.model_version or None, wire, shape, nbytes, prefix)
+
+
+def _encode_varint(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)

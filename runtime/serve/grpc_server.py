@@ -3,9 +3,14 @@
 ``inference.GRPCInferenceService`` (``ServerLive``, ``ServerReady``, ``ModelReady``,
 ``ServerMetadata``, ``ModelMetadata``, ``ModelInfer``) is the service KServe and Triton
 define with the same messages, so ``tritonclient.grpc`` works unmodified. It runs on
-``grpc.aio`` in a thread of its own (with its own event loop), beside uvicorn, on the
-same model source and statistics: a version swapped into the repository is served by
-both at once.
+gRPC's synchronous server (a small thread pool; onnxruntime lets go of the GIL while it
+predicts) beside uvicorn, on the same model source and statistics: a version swapped
+into the repository is served by both at once.
+
+``ModelInfer`` takes and returns bytes: a request whose head (everything but its raw
+input) was answered before is answered from the :class:`~.grpc_codec.Plan` kept for it,
+without building protobuf messages, as long as the version it names is still the one
+served; any other request takes the reference path (parse, decode, encode).
 
 Errors map to gRPC status codes by their HTTP status: 404 ``NOT_FOUND``, 400
 ``INVALID_ARGUMENT``, 413 ``RESOURCE_EXHAUSTED``, 503 ``UNAVAILABLE``, anything
@@ -16,27 +21,38 @@ sizes in the message.
 
 from __future__ import annotations
 
-import asyncio
-import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from time import perf_counter_ns
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
-import grpc.aio
+import numpy as np
 
 from pomona.runtime.errors import PomonaError
 from pomona.runtime.serve.app import SERVER_NAME, logger
 from pomona.runtime.serve.codec import RequestError
-from pomona.runtime.serve.grpc_codec import decode_infer, encode_infer
+from pomona.runtime.serve.codec_fast import as_float32
+from pomona.runtime.serve.grpc_codec import (
+    MAX_PLANS,
+    Plan,
+    decode_infer,
+    encode_infer,
+    make_plan,
+    split_raw,
+)
 from pomona.runtime.serve.grpc_options import GrpcOptions
 from pomona.runtime.serve.model_info import pomona_version
 from pomona.runtime.serve.proto import open_inference_grpc_pb2 as pb
-from pomona.runtime.serve.proto import open_inference_grpc_pb2_grpc as pb_grpc
 from pomona.runtime.serve.snapshot import LoadedModel, ModelSource
 from pomona.runtime.serve.stats import Statistics
 
-__all__ = ["GrpcServer", "InferenceServicer", "status_code"]
+__all__ = ["GRPC_THREADS", "GrpcServer", "InferenceServicer", "status_code"]
+
+SERVICE = "inference.GRPCInferenceService"
+#: Threads answering calls: more than one, so that a call waiting on onnxruntime
+#: does not hold up the others.
+GRPC_THREADS = 4
 
 _CODES = {
     404: grpc.StatusCode.NOT_FOUND,
@@ -52,7 +68,7 @@ def status_code(http_status: int) -> grpc.StatusCode:
     return grpc.StatusCode.INVALID_ARGUMENT if http_status < 500 else grpc.StatusCode.INTERNAL
 
 
-class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+class InferenceServicer:
     """The service's handlers, reading the models from ``source.snapshot``."""
 
     def __init__(
@@ -64,26 +80,50 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self._metadata = pb.ServerMetadataResponse(
             name=SERVER_NAME, version=pomona_version(), extensions=["statistics"]
         )
+        self._plans: dict[bytes, Plan] = {}
 
-    async def ServerLive(self, request: Any, context: Any) -> Any:
+    def handler(self) -> grpc.GenericRpcHandler:
+        """The service's methods, for ``grpc.Server.add_generic_rpc_handlers``."""
+
+        def unary(method: Callable[[Any, Any], Any], request: Any) -> grpc.RpcMethodHandler:
+            return grpc.unary_unary_rpc_method_handler(
+                method,
+                request_deserializer=request.FromString,
+                response_serializer=_serialize,
+            )
+
+        return grpc.method_handlers_generic_handler(
+            SERVICE,
+            {
+                "ServerLive": unary(self.ServerLive, pb.ServerLiveRequest),
+                "ServerReady": unary(self.ServerReady, pb.ServerReadyRequest),
+                "ModelReady": unary(self.ModelReady, pb.ModelReadyRequest),
+                "ServerMetadata": unary(self.ServerMetadata, pb.ServerMetadataRequest),
+                "ModelMetadata": unary(self.ModelMetadata, pb.ModelMetadataRequest),
+                # bytes in, bytes out: see answer_infer
+                "ModelInfer": grpc.unary_unary_rpc_method_handler(self.ModelInfer),
+            },
+        )
+
+    def ServerLive(self, request: Any, context: Any) -> Any:
         return pb.ServerLiveResponse(live=True)
 
-    async def ServerReady(self, request: Any, context: Any) -> Any:
+    def ServerReady(self, request: Any, context: Any) -> Any:
         return pb.ServerReadyResponse(ready=self._ready())
 
-    async def ModelReady(self, request: Any, context: Any) -> Any:
+    def ModelReady(self, request: Any, context: Any) -> Any:
         try:
             self._source.snapshot.get(request.name, request.version or None)
         except RequestError:
             return pb.ModelReadyResponse(ready=False)
         return pb.ModelReadyResponse(ready=self._ready())
 
-    async def ServerMetadata(self, request: Any, context: Any) -> Any:
+    def ServerMetadata(self, request: Any, context: Any) -> Any:
         return self._metadata
 
-    async def ModelMetadata(self, request: Any, context: Any) -> Any:
+    def ModelMetadata(self, request: Any, context: Any) -> Any:
         snapshot = self._source.snapshot
-        model = await _model(context, snapshot, request.name, request.version)
+        model = _model(context, snapshot, request.name, request.version or None)
         p = model.predictor
         response = pb.ModelMetadataResponse(
             name=model.name, versions=snapshot.versions(model.name), platform="onnxruntime_onnx"
@@ -92,35 +132,75 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         response.outputs.add(name=p.output_name, datatype="FP32", shape=[-1, p.n_targets])
         return response
 
-    async def ModelInfer(self, request: Any, context: Any) -> Any:
-        model = await _model(
-            context, self._source.snapshot, request.model_name, request.model_version
-        )
+    def ModelInfer(self, payload: bytes, context: Any) -> bytes:
+        """A serialized ``ModelInferResponse`` for a serialized ``ModelInferRequest``."""
+        split = split_raw(payload)
+        plan = self._plans.get(split[0]) if split is not None else None
+        if split is not None and plan is not None:
+            model = _model(context, self._source.snapshot, plan.model.name, plan.version)
+            raw = split[1]
+            if model is plan.model and len(raw) == plan.nbytes:
+                x = as_float32(np.frombuffer(raw, dtype=plan.wire).reshape(plan.shape))
+                return plan.prefix + self._predict(context, model, x).tobytes()
+        return self.answer_reference(payload, context, None if split is None else split[0])
+
+    def answer_reference(self, payload: bytes, context: Any, head: bytes | None) -> bytes:
+        """The plain path: parse, decode, predict, encode; keep a plan under ``head``."""
+        try:
+            request = pb.ModelInferRequest.FromString(payload)
+        except Exception:  # protobuf's DecodeError, whichever implementation raises it
+            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "not a ModelInferRequest")
+        model = _model(context, self._source.snapshot, request.model_name, request.model_version)
+        try:
+            x = decode_infer(request, model)
+        except RequestError as err:
+            self._stats.record(model.name, model.version, 0, 0, ok=False)
+            _abort(context, status_code(err.http_status), str(err))
+        predictions = self._predict(context, model, x)
+        if head is not None:
+            if len(self._plans) >= MAX_PLANS:
+                self._plans.clear()
+            self._plans[head] = make_plan(model, request, predictions)
+        response: bytes = encode_infer(predictions, model, request.id).SerializeToString()
+        return response
+
+    def _predict(self, context: Any, model: LoadedModel, x: np.ndarray) -> np.ndarray:
+        """``model``'s little-endian FP32 predictions for ``x``, counted in the statistics."""
         start = perf_counter_ns()
         try:
-            predictions = model.predictor.predict(decode_infer(request, model))
+            predictions = model.predictor.predict(x).astype("<f4", copy=False)
         except PomonaError as err:
             self._stats.record(model.name, model.version, perf_counter_ns() - start, 0, ok=False)
-            await context.abort(status_code(err.http_status), str(err))
+            _abort(context, status_code(err.http_status), str(err))
         except Exception:
             logger.exception("unexpected error answering gRPC ModelInfer")
-            await context.abort(grpc.StatusCode.INTERNAL, "internal server error")
+            _abort(context, grpc.StatusCode.INTERNAL, "internal server error")
         rows = len(predictions)
         self._stats.record(model.name, model.version, perf_counter_ns() - start, rows, ok=True)
-        return encode_infer(predictions, model, request.id)
+        return predictions
 
 
-async def _model(context: Any, snapshot: Any, name: str, version: str) -> LoadedModel:
+def _serialize(message: Any) -> bytes:
+    data: bytes = message.SerializeToString()
+    return data
+
+
+def _abort(context: Any, code: grpc.StatusCode, message: str) -> NoReturn:
+    context.abort(code, message)
+    raise AssertionError("unreachable: abort raises")  # pragma: no cover
+
+
+def _model(context: Any, snapshot: Any, name: str, version: str | None) -> LoadedModel:
     """The model version asked for; the call ends with ``NOT_FOUND`` when there is none."""
     try:
         model: LoadedModel = snapshot.get(name, version or None)
     except RequestError as err:
-        await context.abort(status_code(err.http_status), str(err))
+        _abort(context, status_code(err.http_status), str(err))
     return model
 
 
 class GrpcServer:
-    """The gRPC service on ``host:options.port``, served from a thread of its own."""
+    """The gRPC service on ``host:options.port``, answered by a pool of threads."""
 
     def __init__(
         self,
@@ -130,52 +210,26 @@ class GrpcServer:
         host: str,
         options: GrpcOptions,
         ready: Callable[[], bool] = lambda: True,
+        reuse_port: bool = False,
     ) -> None:
         self._servicer = InferenceServicer(source, stats, ready)
         self._address = f"[{host}]:{options.port}" if ":" in host else f"{host}:{options.port}"
         self._options = options
-        self._started = threading.Event()
-        self._failure: BaseException | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._grace = 5.0
-        self._thread = threading.Thread(target=self._run, name="pomona-grpc", daemon=True)
+        self._reuse_port = reuse_port
+        self._server: grpc.Server | None = None
 
     def start(self) -> None:
-        """Bind and start serving; raise what binding raised (a busy port, say)."""
-        self._thread.start()
-        self._started.wait()
-        if self._failure is not None:
-            self._thread.join()
-            raise self._failure
-
-    def stop(self, grace: float = 5.0) -> None:
-        """Stop taking calls, let those in flight finish for up to ``grace`` seconds."""
-        self._grace = grace
-        if self._loop is not None and self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join()
-
-    def _run(self) -> None:
-        try:
-            asyncio.run(self._serve())
-        except BaseException as err:  # reported to start(), or logged once serving
-            if not self._started.is_set():
-                self._failure = err
-                self._started.set()
-            else:  # pragma: no cover - the loop ended by an unexpected error
-                logger.exception("the gRPC server stopped")
-
-    async def _serve(self) -> None:
+        """Bind and start serving; a busy port is a :class:`PomonaError`."""
         size = self._options.max_message_bytes
-        server = grpc.aio.server(
+        server = grpc.server(
+            ThreadPoolExecutor(GRPC_THREADS, thread_name_prefix="pomona-grpc"),
+            handlers=[self._servicer.handler()],
             options=[
                 ("grpc.max_receive_message_length", size),
                 ("grpc.max_send_message_length", size),
-                ("grpc.so_reuseport", 0),
-            ]
+                ("grpc.so_reuseport", int(self._reuse_port)),
+            ],
         )
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(self._servicer, server)
         try:
             bound = server.add_insecure_port(self._address)
         except RuntimeError:
@@ -185,10 +239,12 @@ class GrpcServer:
                 f"cannot listen for gRPC on {self._address}: the port is in use or the "
                 "address cannot be bound; choose another with --grpc-port"
             )
-        await server.start()
-        self._loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
+        server.start()
+        self._server = server
         logger.info("serving gRPC on %s", self._address)
-        self._started.set()
-        await self._stop.wait()
-        await server.stop(self._grace)
+
+    def stop(self, grace: float = 5.0) -> None:
+        """Stop taking calls, let those in flight finish for up to ``grace`` seconds."""
+        if self._server is not None:
+            self._server.stop(grace).wait()
+            self._server = None

@@ -230,6 +230,6 @@ class FixedModel:
 
     def __init__(self, predictor: Predictor, name: str, version: str = "1") -> None:
         model = LoadedModel(
-            name, version, predictor, predictor.path.parent, file_sha256(predictor.path), (0, 0, 0)
+            name, version, predictor, predictor.path.parent, predictor.sha256, (0, 0, 0)
         )
         self.snapshot = Snapshot({name: {version: model}})

@@ -44,6 +44,11 @@ from pomona.runtime.serve.app import (
     load_predictor,
     logger,
 )
+from pomona.runtime.serve.grpc_launch import (
+    grpc_alongside,
+    grpc_for_workers,
+    start_grpc_in_worker,
+)
 from pomona.runtime.serve.grpc_options import GrpcOptions
 from pomona.runtime.serve.repository import RepositoryOptions
 from pomona.runtime.serve.uvicorn_protocol import (
@@ -73,6 +78,7 @@ ENV_CORS = "POMONA_SERVE_CORS_ORIGINS"
 ENV_REPOSITORY = "POMONA_SERVE_REPOSITORY"
 ENV_MULTIPROC = "PROMETHEUS_MULTIPROC_DIR"
 ENV_BACKEND = "POMONA_SERVE_BACKEND"
+ENV_GRPC = "POMONA_SERVE_GRPC"
 #: Seconds uvicorn waits past the graceful timeout, for the 503s of stalled bodies to go out.
 _SHUTDOWN_MARGIN = 1.0
 
@@ -157,14 +163,18 @@ def log_config(log_level: str) -> dict[str, Any]:
 
 
 def app_from_env() -> InferenceApp:
-    """App factory for worker processes: configuration comes from ``POMONA_SERVE_*``."""
+    """App factory for worker processes: configuration comes from ``POMONA_SERVE_*``.
+
+    With ``POMONA_SERVE_GRPC`` set, the worker serves gRPC too, on the port every worker
+    shares (``SO_REUSEPORT``: the kernel spreads the connections), until its server stops.
+    """
     max_body_size = int(os.environ.get(ENV_MAX_BODY_SIZE, DEFAULT_MAX_BODY_SIZE))
     micro_batch = os.environ.get(ENV_MICRO_BATCH, "1") == "1"
     repository = os.environ.get(ENV_REPOSITORY)
     if repository:
         fields = json.loads(repository)
         fields["load_models"] = tuple(fields["load_models"])
-        return _repository_app(
+        app = _repository_app(
             os.environ[ENV_MODEL],
             RepositoryOptions(**fields),
             max_body_size=max_body_size,
@@ -172,15 +182,20 @@ def app_from_env() -> InferenceApp:
             access=_access_from_env(),
             backend=os.environ.get(ENV_BACKEND, "auto"),
         )
-    return create_app(
-        os.environ[ENV_MODEL],
-        name=os.environ.get(ENV_NAME) or None,
-        max_body_size=max_body_size,
-        check_manifest=os.environ.get(ENV_CHECK_MANIFEST, "1") == "1",
-        micro_batch=micro_batch,
-        access=_access_from_env(),
-        backend=os.environ.get(ENV_BACKEND, "auto"),
-    )
+    else:
+        app = create_app(
+            os.environ[ENV_MODEL],
+            name=os.environ.get(ENV_NAME) or None,
+            max_body_size=max_body_size,
+            check_manifest=os.environ.get(ENV_CHECK_MANIFEST, "1") == "1",
+            micro_batch=micro_batch,
+            access=_access_from_env(),
+            backend=os.environ.get(ENV_BACKEND, "auto"),
+        )
+    grpc = os.environ.get(ENV_GRPC)
+    if grpc:
+        app.on_shutdown.append(start_grpc_in_worker(app, json.loads(grpc)))
+    return app
 
 
 def _repository_app(
@@ -217,6 +232,8 @@ def _hand_to_workers(app: InferenceApp, access: AccessPolicy | None, options: An
     os.environ[ENV_CORS] = ",".join(options["cors_origins"])
     if options["token"]:
         os.environ[ENV_AUTH_TOKEN] = options["token"]
+    if options["grpc"] is not None:
+        os.environ[ENV_GRPC] = json.dumps(options["grpc"])
 
 
 def _log_start(app: InferenceApp) -> None:
@@ -277,7 +294,7 @@ def run_server(
     The port is bound and the model loaded here first, so a busy port or a bad model
     fails before any request is answered. With ``workers > 1`` each worker process loads
     its own one-thread session. ``repository``: ``model`` is a model repository folder.
-    ``grpc``: also serve the gRPC service (one process only).
+    ``grpc``: also serve the gRPC service (in every worker, on one shared port).
     """
     logging_config = log_config(log_level)
     logging.config.dictConfig(logging_config)
@@ -319,7 +336,7 @@ def run_server(
     options["log_config"] = logging_config
     if workers == 1:
         server = GracefulServer(uvicorn_config(app, limits, **options))
-        with _grpc_alongside(app, grpc, host, limits.graceful_timeout):
+        with grpc_alongside(app, grpc, host, limits.graceful_timeout):
             server.run(sockets=[sock])
         if app.repository is not None:
             app.repository.stop()
@@ -334,6 +351,7 @@ def run_server(
             "token": token,
             "backend": backend,
             "repository": repository,
+            "grpc": grpc_for_workers(grpc, host, limits.graceful_timeout),
         },
     )
     if app.repository is not None:
@@ -360,21 +378,3 @@ def _shared_metrics_dir() -> Generator[None, None, None]:
             os.environ.pop(ENV_MULTIPROC, None)
         else:
             os.environ[ENV_MULTIPROC] = previous
-
-
-@contextlib.contextmanager
-def _grpc_alongside(
-    app: InferenceApp, options: GrpcOptions | None, host: str, grace: float
-) -> Generator[None, None, None]:
-    """The gRPC server on the app's models, in a thread of its own, while the block runs."""
-    if options is None:
-        yield
-        return
-    from pomona.runtime.serve.grpc_server import GrpcServer  # needs the grpc extra
-
-    server = GrpcServer(app.source, app.stats, host=host, options=options, ready=lambda: app.ready)
-    server.start()
-    try:
-        yield
-    finally:
-        server.stop(grace)

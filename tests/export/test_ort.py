@@ -69,6 +69,15 @@ def test_runtime_loads_the_ort_model(ort_export: ExportResult) -> None:
         Predictor(ort_export.out / ORT_FILE, backend="numpy")
 
 
+def test_info_names_the_ort_format_instead_of_an_onnx_header(ort_export: ExportResult) -> None:
+    shown = run_pomona("info", str(ort_export.out / ORT_FILE))
+    assert shown.returncode == 0, shown.stderr
+    assert "format     ORT (onnxruntime's own format" in shown.stdout
+    assert "IR None" not in shown.stdout and "ir/opset" not in shown.stdout
+    onnx = run_pomona("info", str(ort_export.out / ONNX_FILE))
+    assert "ir/opset   IR " in onnx.stdout and "opset ai.onnx" in onnx.stdout
+
+
 def test_a_failing_converter_writes_nothing(
     ort_export: ExportResult, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -3,7 +3,9 @@ real output is checked once at load; tables are matched by column name."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import pickle
 import shutil
 from pathlib import Path
 
@@ -278,3 +280,41 @@ def test_manifest_json_detail_names_the_file(tmp_path: Path) -> None:
     model = make_linear_onnx(tmp_path / ONNX_FILE)
     (tmp_path / MANIFEST_FILE).write_text(json.dumps({"artifacts": {"other.bin": {}}}))
     assert check_manifest(model).status == "none"
+
+
+# -- the bytes checked are the bytes run ------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "numpy"])
+def test_the_bytes_checked_against_the_manifest_are_the_bytes_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backend: str
+) -> None:
+    """A model swapped between the manifest check and the load is not what runs."""
+    import pomona.runtime.predictor as predictor_module
+
+    model = make_linear_onnx(tmp_path / ONNX_FILE)
+    write_manifest(tmp_path, {ONNX_FILE: model})
+    checked = model.read_bytes()
+    real_check = predictor_module.compare_with_manifest
+
+    def check_then_swap(*args: object, **kwargs: object) -> object:
+        result = real_check(*args, **kwargs)  # type: ignore[arg-type]
+        make_linear_onnx(tmp_path / ONNX_FILE, weights=np.ones((3, 2), np.float32) * 9)
+        return result
+
+    monkeypatch.setattr(predictor_module, "compare_with_manifest", check_then_swap)
+    predictor = Predictor(model, backend=backend)
+    assert model.read_bytes() != checked  # the file on disk did change
+    assert predictor.manifest_checked is True
+    assert predictor.sha256 == hashlib.sha256(checked).hexdigest()
+    np.testing.assert_allclose(predictor.predict(ROWS), reference_predictions(ROWS), rtol=1e-6)
+
+
+def test_an_unpickled_copy_refuses_a_model_changed_since_it_was_loaded(tmp_path: Path) -> None:
+    model = make_linear_onnx(tmp_path / ONNX_FILE)
+    copy = pickle.loads(pickle.dumps(Predictor(model)))
+    np.testing.assert_allclose(copy.predict(ROWS), reference_predictions(ROWS), rtol=1e-6)
+    changed = pickle.loads(pickle.dumps(Predictor(model)))
+    make_linear_onnx(model, weights=np.ones((3, 2), np.float32) * 9)  # same names, new weights
+    with pytest.raises(ArtifactError, match="changed since it was loaded"):
+        changed.predict(ROWS)

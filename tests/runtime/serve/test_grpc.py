@@ -153,11 +153,38 @@ def test_a_busy_grpc_port_is_one_error_line(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
-def test_grpc_needs_one_worker(tmp_path: Path) -> None:
+def test_every_worker_serves_grpc_on_the_one_port(tmp_path: Path) -> None:
+    server = GrpcServer(
+        make_linear_onnx(tmp_path / "model.onnx"), tmp_path / "log", "--workers", "2"
+    )
+    try:
+        for _ in range(8):  # a new connection each time: the kernel spreads them
+            client = grpcclient.InferenceServerClient(server.grpc_url)
+            try:
+                answered, y = _infer(client, "pomona")
+            finally:
+                client.close()
+            assert answered == "1"
+            np.testing.assert_array_equal(y, reference_predictions(X))
+        _, _, body = server.request("GET", "/v2/models/pomona/stats")
+        assert b'"execution_count"' in body
+    finally:
+        assert server.stop() == 0
+    assert server.log.read_text().count("serving gRPC on") == 2
+
+
+def test_a_busy_grpc_port_is_one_error_line_with_workers(tmp_path: Path) -> None:
     model = make_linear_onnx(tmp_path / "model.onnx")
-    result = run_pomona("serve", model, "--grpc-port", "1", "--workers", "2")
-    assert result.returncode == 2
-    assert "--grpc-port serves from one process" in result.stderr
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = run_pomona(
+            "serve", model, "--port", str(free_port()), "--grpc-port", str(port), "--workers", "2"
+        )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("Error: cannot listen for gRPC on")
+    assert "Traceback" not in result.stderr
 
 
 @pytest.mark.parametrize(
