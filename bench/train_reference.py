@@ -46,7 +46,7 @@ def main(argv: list[str]) -> None:
             loss.backward()
             optimizer.step()
     torch.save(model.state_dict(), out)
-    print(f"reference: {len(x)} rows, final batch loss {float(loss):.4f}")
+    print(f"reference: {len(x)} rows, final batch loss {float(loss.detach()):.4f}")
 
 
 if __name__ == "__main__":

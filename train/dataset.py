@@ -79,7 +79,8 @@ def read_table(
 
 def split_indices(table: Table, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Shuffle the rows with ``seed`` and hold out ``round(rows * val_fraction)`` (at least one
-    when the fraction is above 0) for validation. Returns (train, validation) row indices.
+    when the fraction is above 0) for validation. Returns (train, validation) row indices,
+    each in ascending order.
     """
     n = len(table)
     n_val = 0 if val_fraction <= 0 else max(1, round(n * val_fraction))
@@ -95,5 +96,8 @@ def split_indices(table: Table, val_fraction: float, seed: int) -> tuple[np.ndar
             f"{table.source}: {n} data row{'s' if n != 1 else ''}, but training needs at least "
             f"{need}{split}"
         )
-    order = np.random.default_rng(seed).permutation(n)
-    return np.sort(order[n_val:]), np.sort(order[:n_val])
+    if n_val == 0:
+        return np.arange(n), np.arange(0)
+    held = np.zeros(n, dtype=bool)
+    held[np.random.default_rng(seed).permutation(n)[:n_val]] = True
+    return np.flatnonzero(~held), np.flatnonzero(held)

@@ -248,12 +248,20 @@ class _Data:
     stream: StreamedData | None = None
 
 
+def _rows(values: np.ndarray, rows: np.ndarray) -> torch.Tensor:
+    """``values[rows]`` as a tensor: the array itself, not a copy, when ``rows`` (ascending,
+    from :func:`split_indices`) are all of its rows."""
+    if len(rows) == len(values) and values.flags.writeable:
+        return torch.from_numpy(values)
+    return torch.from_numpy(values[rows])
+
+
 def _in_memory(config: TrainConfig, table: Table | None) -> _Data:
     if table is None:
         table = read_table(config.data, config.features, config.targets)
     train_rows, val_rows = split_indices(table, config.val_fraction, config.seed)
-    x = torch.from_numpy(table.features[train_rows])
-    y = torch.from_numpy(table.targets[train_rows])
+    x = _rows(table.features, train_rows)
+    y = _rows(table.targets, train_rows)
     x_mean, x_std = standardization(x)
     z = ((x - x_mean) / x_std).to(torch.float64)
     constant = (constant_columns(x, config.features), constant_columns(y, config.targets))
@@ -267,8 +275,8 @@ def _in_memory(config: TrainConfig, table: Table | None) -> _Data:
         tensors={
             "x_train": x,
             "y_train": y,
-            "x_val": torch.from_numpy(table.features[val_rows]),
-            "y_val": torch.from_numpy(table.targets[val_rows]),
+            "x_val": _rows(table.features, val_rows),
+            "y_val": _rows(table.targets, val_rows),
         },
     )
 

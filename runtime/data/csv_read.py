@@ -10,22 +10,19 @@ column of the first problem (or accepts the block, with the same values).
 from __future__ import annotations
 
 import collections
-import contextlib
 import csv
 import functools
 import io
-import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from pomona.runtime.data import messages
 from pomona.runtime.data import source as _source
 from pomona.runtime.data.columns import Batch, Spec
-from pomona.runtime.data.numbers import parse_numbers
+from pomona.runtime.data.numbers import arrow_values, parse_numbers
 from pomona.runtime.data.source import Source
 from pomona.runtime.data.text import Block, blocks, decode, strip_bom
 from pomona.runtime.errors import DataError
@@ -152,7 +149,7 @@ class _ArrowParser:
         import pyarrow as pa
         import pyarrow.csv as pacsv
 
-        _use_jemalloc(pa)
+        _source.use_jemalloc(pa)
         self.pa, self.pacsv = pa, pacsv
         self.header, self.spec, self.name = header, spec, name
         seen: set[str] = set()
@@ -191,27 +188,13 @@ class _ArrowParser:
         values = np.empty((table.num_rows, len(self.spec.numbers)), dtype=np.float32)
         for j, column in enumerate(self.spec.numbers):
             array = table.column(column).combine_chunks()
-            doubles = _float64(array)
+            doubles = arrow_values(array)
             with np.errstate(over="ignore", invalid="ignore"):
                 values[:, j] = doubles
             if array.null_count or not np.isfinite(values[:, j]).all():
                 return parse_block(block, self.header, self.spec, self.name, first_row)
         keep = {k: table.column(k).combine_chunks() for k in self.spec.keep}
         return Batch(values, first_row, keep)
-
-
-def _float64(array: Any) -> np.ndarray:
-    """A float64 pyarrow array as numpy, zero-copy (``to_numpy`` may import pandas)."""
-    data = array.buffers()[1]
-    return np.frombuffer(data, dtype=np.float64, count=len(array), offset=array.offset * 8)
-
-
-def _use_jemalloc(pa: Any) -> None:
-    """Arrow's jemalloc pool keeps the peak memory of a streamed file ~10 MiB lower."""
-    if "ARROW_DEFAULT_MEMORY_POOL" in os.environ:
-        return
-    with contextlib.suppress(NotImplementedError, pa.ArrowNotImplementedError):  # no jemalloc
-        pa.set_memory_pool(pa.jemalloc_memory_pool())
 
 
 # -- the reader --------------------------------------------------------------------------------

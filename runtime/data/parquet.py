@@ -11,7 +11,7 @@ import numpy as np
 from pomona.runtime.data import messages
 from pomona.runtime.data import source as _source
 from pomona.runtime.data.columns import Batch, Spec
-from pomona.runtime.data.numbers import require_finite
+from pomona.runtime.data.numbers import arrow_values, require_finite
 from pomona.runtime.data.source import Source
 from pomona.runtime.errors import DataError
 
@@ -26,6 +26,7 @@ def _pyarrow(name: str) -> Any:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    _source.use_jemalloc(pa)
     return pa, pq
 
 
@@ -52,15 +53,15 @@ def _rest(source: Source) -> bytes:
 
 
 def _numbers(array: Any, pa: Any, where: Any) -> np.ndarray:
-    """A numeric pyarrow array as float32, checked: no nulls, finite."""
+    """A numeric pyarrow array as float32, checked: no nulls, finite (after rounding)."""
     numeric = pa.types.is_integer(array.type) or pa.types.is_floating(array.type)
     if not numeric and array.null_count < len(array):
         first = next(v for v in array.to_pylist() if v is not None)
         raise messages.not_a_number(where(array.to_pylist().index(first)), first)
     if array.null_count:
         raise messages.empty_cell(where(array.to_pylist().index(None)))
-    doubles = np.asarray(array.cast(pa.float64()).to_numpy(zero_copy_only=False))
-    return require_finite(doubles, lambda i: (where(i), doubles[i]))
+    numbers = arrow_values(array)
+    return require_finite(numbers, lambda i: (where(i), numbers[i]))
 
 
 def read_parquet(source: Source, spec: Spec, batch_size: int) -> Iterator[Batch]:

@@ -54,6 +54,23 @@ def test_split_is_a_partition(rows: int, fraction: float, seed: int) -> None:
     assert np.array_equal(train, again[0]) and np.array_equal(val, again[1])
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    rows=st.integers(2, 400),
+    fraction=st.sampled_from([0.0, 0.01, 0.2, 0.5, 0.9]),
+    seed=st.integers(0, 2**32),
+)
+def test_split_is_the_seeded_permutation_sorted(rows: int, fraction: float, seed: int) -> None:
+    """The held-out rows are the first of a seeded permutation, each part sorted."""
+    n_val = 0 if fraction <= 0 else max(1, round(rows * fraction))
+    if rows - n_val < 2:
+        return
+    order = np.random.default_rng(seed).permutation(rows)
+    train, val = split_indices(_table(rows), fraction, seed)
+    assert np.array_equal(train, np.sort(order[n_val:])) and train.dtype == np.int64
+    assert np.array_equal(val, np.sort(order[:n_val])) and val.dtype == np.int64
+
+
 def test_split_keeps_two_training_rows() -> None:
     assert [len(part) for part in split_indices(_table(3), 0.2, 0)] == [2, 1]
     with pytest.raises(DataError, match=r"t\.csv: 3 data rows, but training needs at least 3"):
@@ -89,6 +106,25 @@ def test_batch_tensors_takes_index_lists_and_tensors() -> None:
     assert data[torch.tensor([1])][1].tolist() == [10]
     with pytest.raises(ValueError, match="same number of rows"):
         BatchTensors(torch.zeros(2), torch.zeros(3))
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    rows=st.integers(1, 200),
+    columns=st.integers(0, 4),
+    data=st.data(),
+)
+def test_batch_tensors_gathers_the_rows_plain_indexing_does(
+    rows: int, columns: int, data: st.DataObject
+) -> None:
+    index = data.draw(st.lists(st.integers(0, rows - 1), max_size=3 * rows))
+    shape = (rows, columns) if columns else (rows,)
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(rows))
+    y = torch.arange(rows * 2).reshape(rows, 2)
+    for form in (index, torch.tensor(index, dtype=torch.int64)):
+        got = BatchTensors(x, y)[form]
+        assert torch.equal(got[0], x[index]) and got[0].dtype == x.dtype
+        assert torch.equal(got[1], y[index]) and got[1].dtype == y.dtype
 
 
 def test_library_errors_are_data_errors(tmp_path: Path) -> None:
