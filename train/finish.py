@@ -12,8 +12,8 @@ from pomona.runtime.artifacts import HISTORY_FILE, METRICS_FILE, PLOT_FILE
 from pomona.runtime.files import atomic_write
 from pomona.train import distributed
 from pomona.train.checkpoint import save_checkpoint
-from pomona.train.fit import evaluate, shared_sums
-from pomona.train.metrics import least_squares_mse, regression_metrics
+from pomona.train.fit import shared_sums
+from pomona.train.metrics import least_squares_mse
 from pomona.train.prepare import Run
 
 __all__ = [
@@ -98,16 +98,11 @@ def _measure(run: Run) -> tuple[dict[str, Any], dict[str, Any] | None]:
     names = run.config.targets
     if run.stream is not None:
         return run.stream.metrics(run.model, names)
-    device = run.device
-    if run.world.size > 1:  # each rank measures its share; the sums are merged
-        train = shared_sums(run.model, run.x_train.to(device), run.y_train).result(names)
-        if not len(run.x_val):
-            return train, None
-        return train, shared_sums(run.model, run.x_val.to(device), run.y_val).result(names)
-    train = regression_metrics(evaluate(run.model, run.x_train.to(device)), run.y_train, names)
+    device = run.device  # under several ranks each measures its share; the sums are merged
+    train = shared_sums(run.model, run.x_train.to(device), run.y_train).result(names)
     if not len(run.x_val):
         return train, None
-    return train, regression_metrics(evaluate(run.model, run.x_val.to(device)), run.y_val, names)
+    return train, shared_sums(run.model, run.x_val.to(device), run.y_val).result(names)
 
 
 def _least_squares(run: Run) -> float:
