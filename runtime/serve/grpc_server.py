@@ -100,7 +100,7 @@ class InferenceServicer:
                 "ModelReady": unary(self.ModelReady, pb.ModelReadyRequest),
                 "ServerMetadata": unary(self.ServerMetadata, pb.ServerMetadataRequest),
                 "ModelMetadata": unary(self.ModelMetadata, pb.ModelMetadataRequest),
-                # bytes in, bytes out: see answer_infer
+                # bytes in, bytes out: see ModelInfer
                 "ModelInfer": grpc.unary_unary_rpc_method_handler(self.ModelInfer),
             },
         )
