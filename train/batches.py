@@ -9,7 +9,15 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from pomona.train.distributed import World
 
-__all__ = ["GPU_SHARE", "BatchTensors", "ShuffledBatches", "batch_loader", "on_device", "place"]
+__all__ = [
+    "GPU_SHARE",
+    "BatchTensors",
+    "ShuffledBatches",
+    "batch_loader",
+    "needs_pinning",
+    "on_device",
+    "place",
+]
 
 #: The training set moves to the GPU once when it takes at most this share of its free memory.
 GPU_SHARE = 0.5
@@ -99,6 +107,15 @@ def place(
     if need <= GPU_SHARE * free:
         return x.to(device), y.to(device)
     return x, y
+
+
+def needs_pinning(data: torch.device, device: torch.device) -> bool:
+    """Whether batches cut from tensors on ``data`` go through pinned memory to ``device``.
+
+    Only CPU batches bound for a GPU do. Compared by type, not by device: ``cuda`` and
+    ``cuda:0`` are the same GPU, and pinning a tensor already on it is an error.
+    """
+    return data.type == "cpu" and device.type == "cuda"
 
 
 def on_device(

@@ -23,6 +23,7 @@ Nothing here imports torch until a function needs it: the command line asks
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ __all__ = [
     "default_threads",
     "gather",
     "launched",
+    "no_buffer_broadcasts",
     "process_group",
     "same_everywhere",
     "world",
@@ -222,4 +224,16 @@ def wrap(module: nn.Module, device: torch.device) -> nn.Module:
     from torch.nn.parallel import DistributedDataParallel
 
     ids = [device] if device.type == "cuda" else None
-    return DistributedDataParallel(module, device_ids=ids, forward_sync_buffers=False)
+    return DistributedDataParallel(
+        module, device_ids=ids, **no_buffer_broadcasts(DistributedDataParallel)
+    )
+
+
+def no_buffer_broadcasts(ddp: type) -> dict[str, bool]:
+    """The keyword of ``ddp`` (DistributedDataParallel) that stops broadcasting buffers
+    before each forward: ``forward_sync_buffers`` since torch 2.13, ``broadcast_buffers``
+    (deprecated there) before. Buffers are still synced once, when the module is wrapped."""
+    accepted = inspect.signature(ddp.__init__).parameters
+    return {
+        "forward_sync_buffers" if "forward_sync_buffers" in accepted else "broadcast_buffers": False
+    }

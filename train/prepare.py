@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 from pomona.runtime.artifacts import CHECKPOINT_FILE
 from pomona.runtime.errors import ArtifactError, PomonaError
 from pomona.train import distributed
-from pomona.train.batches import BatchTensors, batch_loader, on_device, place
+from pomona.train.batches import BatchTensors, batch_loader, needs_pinning, on_device, place
 from pomona.train.config import TrainConfig
 from pomona.train.dataset import Table, read_table, split_indices
 from pomona.train.model import Destandardize, Standardize, build_model
@@ -57,7 +57,7 @@ def resolve_device(name: str) -> torch.device:
         )
     here = distributed.launched()
     if here.size == 1:
-        return torch.device("cuda")
+        return torch.device("cuda", torch.cuda.current_device())
     if here.local_rank >= torch.cuda.device_count():
         raise PomonaError(
             f"rank {here.rank}: {here.local_size} ranks on this machine but "
@@ -311,7 +311,7 @@ def _loader(
         BatchTensors(x, y),
         config.batch_size,
         sampler,
-        pin=x.device != device,
+        pin=needs_pinning(x.device, device),
         world=distributed.world(),
     )
 

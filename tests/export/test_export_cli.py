@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import socket
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -115,7 +116,9 @@ def test_manifest_describes_the_files(linear_cli_export: CliExport) -> None:
     assert manifest["feature_names"] == CROP_FEATURES
     assert manifest["target_names"] == CROP_TARGETS
     assert set(manifest["versions"]) == {"pomona", "torch", "onnx", "onnxruntime"}
-    assert manifest["versions"]["torch"] == torch.__version__
+    # the installed distributions' versions: a CUDA build's torch.__version__ adds "+cu130"
+    assert manifest["versions"]["torch"] == metadata.version("torch")
+    assert torch.__version__.startswith(manifest["versions"]["torch"])
     assert manifest["versions"]["onnxruntime"] == ort.__version__
     assert set(manifest["artifacts"]) == {ONNX_FILE, TORCHSCRIPT_FILE}
     for name, entry in manifest["artifacts"].items():

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pomona.runtime.errors import DataError
-from pomona.train.batches import BatchTensors, ShuffledBatches, batch_loader
+from pomona.train.batches import BatchTensors, ShuffledBatches, batch_loader, needs_pinning
 from pomona.train.dataset import BUNDLED_DATA, Table, read_table, split_indices
 from tests.conftest import needs, run_pomona
 
@@ -125,6 +125,19 @@ def test_batch_tensors_gathers_the_rows_plain_indexing_does(
         got = BatchTensors(x, y)[form]
         assert torch.equal(got[0], x[index]) and got[0].dtype == x.dtype
         assert torch.equal(got[1], y[index]) and got[1].dtype == y.dtype
+
+
+@pytest.mark.parametrize(
+    ("data", "device", "pinned"),
+    [
+        ("cpu", "cuda", True),  # CPU batches bound for a GPU
+        ("cuda:0", "cuda", False),  # the training set already on that GPU (was an error)
+        ("cuda:0", "cuda:0", False),
+        ("cpu", "cpu", False),
+    ],
+)
+def test_only_cpu_batches_bound_for_a_gpu_are_pinned(data: str, device: str, pinned: bool) -> None:
+    assert needs_pinning(torch.device(data), torch.device(device)) is pinned
 
 
 def test_library_errors_are_data_errors(tmp_path: Path) -> None:

@@ -30,7 +30,7 @@ from pomona.train import distributed
 from pomona.train.batches import ShuffledBatches
 from pomona.train.checkpoint import load_checkpoint
 from pomona.train.config import TrainConfig
-from pomona.train.distributed import World
+from pomona.train.distributed import World, no_buffer_broadcasts
 from pomona.train.fit import _loss
 from pomona.train.loop import train
 from pomona.train.metrics import MetricSums, merged
@@ -121,6 +121,20 @@ def test_merged_metric_sums_equal_the_sums_of_all_rows(cut: list[int], seed: int
     assert total.rows == whole.rows
     for name in ("squared", "absolute", "mean", "ss_tot"):
         assert np.allclose(getattr(total, name), getattr(whole, name), rtol=1e-12, atol=1e-9)
+
+
+def test_buffer_broadcasts_are_turned_off_with_a_keyword_this_torch_takes() -> None:
+    import inspect
+
+    from torch.nn.parallel import DistributedDataParallel
+
+    class Before213:  # DistributedDataParallel's keywords before torch 2.13
+        def __init__(self, module: Any, device_ids: Any = None, broadcast_buffers: bool = True):
+            pass
+
+    assert no_buffer_broadcasts(Before213) == {"broadcast_buffers": False}
+    (keyword,) = no_buffer_broadcasts(DistributedDataParallel)
+    assert keyword in inspect.signature(DistributedDataParallel.__init__).parameters
 
 
 def test_torchrun_environment_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
