@@ -82,8 +82,8 @@ class InferenceServicer:
         )
         self._plans: dict[bytes, Plan] = {}
 
-    def handler(self) -> grpc.GenericRpcHandler:
-        """The service's methods, for ``grpc.Server.add_generic_rpc_handlers``."""
+    def methods(self) -> dict[str, grpc.RpcMethodHandler]:
+        """The service's methods, for ``grpc.Server.add_registered_method_handlers``."""
 
         def unary(method: Callable[[Any, Any], Any], request: Any) -> grpc.RpcMethodHandler:
             return grpc.unary_unary_rpc_method_handler(
@@ -92,18 +92,15 @@ class InferenceServicer:
                 response_serializer=_serialize,
             )
 
-        return grpc.method_handlers_generic_handler(
-            SERVICE,
-            {
-                "ServerLive": unary(self.ServerLive, pb.ServerLiveRequest),
-                "ServerReady": unary(self.ServerReady, pb.ServerReadyRequest),
-                "ModelReady": unary(self.ModelReady, pb.ModelReadyRequest),
-                "ServerMetadata": unary(self.ServerMetadata, pb.ServerMetadataRequest),
-                "ModelMetadata": unary(self.ModelMetadata, pb.ModelMetadataRequest),
-                # bytes in, bytes out: see ModelInfer
-                "ModelInfer": grpc.unary_unary_rpc_method_handler(self.ModelInfer),
-            },
-        )
+        return {
+            "ServerLive": unary(self.ServerLive, pb.ServerLiveRequest),
+            "ServerReady": unary(self.ServerReady, pb.ServerReadyRequest),
+            "ModelReady": unary(self.ModelReady, pb.ModelReadyRequest),
+            "ServerMetadata": unary(self.ServerMetadata, pb.ServerMetadataRequest),
+            "ModelMetadata": unary(self.ModelMetadata, pb.ModelMetadataRequest),
+            # bytes in, bytes out: see ModelInfer
+            "ModelInfer": grpc.unary_unary_rpc_method_handler(self.ModelInfer),
+        }
 
     def ServerLive(self, request: Any, context: Any) -> Any:
         return pb.ServerLiveResponse(live=True)
@@ -223,13 +220,14 @@ class GrpcServer:
         size = self._options.max_message_bytes
         server = grpc.server(
             ThreadPoolExecutor(GRPC_THREADS, thread_name_prefix="pomona-grpc"),
-            handlers=[self._servicer.handler()],
             options=[
                 ("grpc.max_receive_message_length", size),
                 ("grpc.max_send_message_length", size),
                 ("grpc.so_reuseport", int(self._reuse_port)),
             ],
         )
+        # Registered, not generic: gRPC's core matches the method, no per-call lookup.
+        server.add_registered_method_handlers(SERVICE, self._servicer.methods())
         try:
             bound = server.add_insecure_port(self._address)
         except RuntimeError:
