@@ -3,9 +3,9 @@
 ``inference.GRPCInferenceService`` (``ServerLive``, ``ServerReady``, ``ModelReady``,
 ``ServerMetadata``, ``ModelMetadata``, ``ModelInfer``) is the service KServe and Triton
 define with the same messages, so ``tritonclient.grpc`` works unmodified. It runs on
-gRPC's synchronous server (a small thread pool; onnxruntime lets go of the GIL while it
-predicts) beside uvicorn, on the same model source and statistics: a version swapped
-into the repository is served by both at once.
+gRPC's synchronous server (a few threads, :class:`~.grpc_pool.CallPool`; onnxruntime
+lets go of the GIL while it predicts) beside uvicorn, on the same model source and
+statistics: a version swapped into the repository is served by both at once.
 
 ``ModelInfer`` takes and returns bytes: a request whose head (everything but its raw
 input) was answered before is answered from the :class:`~.grpc_codec.Plan` kept for it,
@@ -22,7 +22,6 @@ sizes in the message.
 from __future__ import annotations
 
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from time import perf_counter_ns
 from typing import Any, NoReturn
 
@@ -42,6 +41,7 @@ from pomona.runtime.serve.grpc_codec import (
     split_raw,
 )
 from pomona.runtime.serve.grpc_options import GrpcOptions
+from pomona.runtime.serve.grpc_pool import CallPool
 from pomona.runtime.serve.model_info import pomona_version
 from pomona.runtime.serve.proto import open_inference_grpc_pb2 as pb
 from pomona.runtime.serve.snapshot import LoadedModel, ModelSource
@@ -214,12 +214,14 @@ class GrpcServer:
         self._options = options
         self._reuse_port = reuse_port
         self._server: grpc.Server | None = None
+        self._pool: CallPool | None = None
 
     def start(self) -> None:
         """Bind and start serving; a busy port is a :class:`PomonaError`."""
         size = self._options.max_message_bytes
+        pool = CallPool(GRPC_THREADS, "pomona-grpc")
         server = grpc.server(
-            ThreadPoolExecutor(GRPC_THREADS, thread_name_prefix="pomona-grpc"),
+            pool,
             options=[
                 ("grpc.max_receive_message_length", size),
                 ("grpc.max_send_message_length", size),
@@ -233,12 +235,13 @@ class GrpcServer:
         except RuntimeError:
             bound = 0
         if not bound:
+            pool.shutdown()
             raise PomonaError(
                 f"cannot listen for gRPC on {self._address}: the port is in use or the "
                 "address cannot be bound; choose another with --grpc-port"
             )
         server.start()
-        self._server = server
+        self._server, self._pool = server, pool
         logger.info("serving gRPC on %s", self._address)
 
     def stop(self, grace: float = 5.0) -> None:
@@ -246,3 +249,6 @@ class GrpcServer:
         if self._server is not None:
             self._server.stop(grace).wait()
             self._server = None
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
