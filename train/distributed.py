@@ -229,11 +229,11 @@ def wrap(module: nn.Module, device: torch.device) -> nn.Module:
     )
 
 
-def no_buffer_broadcasts(ddp: type) -> dict[str, bool]:
+def no_buffer_broadcasts(ddp: type) -> dict[str, Any]:
     """The keyword of ``ddp`` (DistributedDataParallel) that stops broadcasting buffers
     before each forward: ``forward_sync_buffers`` since torch 2.13, ``broadcast_buffers``
     (deprecated there) before. Buffers are still synced once, when the module is wrapped."""
-    accepted = inspect.signature(ddp.__init__).parameters
+    accepted = inspect.signature(ddp).parameters
     return {
         "forward_sync_buffers" if "forward_sync_buffers" in accepted else "broadcast_buffers": False
     }
