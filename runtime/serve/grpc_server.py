@@ -137,7 +137,8 @@ class InferenceServicer:
             model = _model(context, self._source.snapshot, plan.model.name, plan.version)
             raw = split[1]
             if model is plan.model and len(raw) == plan.nbytes:
-                x = as_float32(np.frombuffer(raw, dtype=plan.wire).reshape(plan.shape))
+                # a copy of the raw input (aligned, as a bytes object's data is), shaped
+                x = as_float32(np.ndarray(plan.shape, plan.wire, bytes(raw)))
                 return plan.prefix + self._predict(context, model, x).tobytes()
         return self.answer_reference(payload, context, None if split is None else split[0])
 
