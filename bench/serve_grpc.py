@@ -148,12 +148,11 @@ def _start_pomona(model_path: Path, cpus: set[int] | None) -> tuple[subprocess.P
 def run_ceiling(port: int) -> None:
     """A bare gRPC server answering every ModelInfer with one constant response.
 
-    gRPC's thread-pool server with as many threads as ``pomona serve``'s, no parsing, no
-    model: what Python's gRPC runtime costs per call on this machine, the least any Python
-    gRPC server can spend.
+    gRPC's thread-pool server with ``pomona serve``'s threads (its :class:`CallPool`) and
+    the method registered as it registers its own, no parsing, no model: what Python's gRPC runtime
+    costs per call on this machine, the least any Python gRPC server can spend.
     """
-    from concurrent.futures import ThreadPoolExecutor
-
+    from pomona.runtime.serve.grpc_pool import CallPool
     from pomona.runtime.serve.grpc_server import GRPC_THREADS
 
     response = pb.ModelInferResponse(model_name=MODEL_NAME, model_version="1")
@@ -161,10 +160,8 @@ def run_ceiling(port: int) -> None:
     response.raw_output_contents.append(np.zeros(2, "<f4").tobytes())
     body = response.SerializeToString()
     method = grpc.unary_unary_rpc_method_handler(lambda request, context: body)
-    server = grpc.server(
-        ThreadPoolExecutor(GRPC_THREADS),
-        handlers=[grpc.method_handlers_generic_handler(SERVICE, {"ModelInfer": method})],
-    )
+    server = grpc.server(CallPool(GRPC_THREADS))
+    server.add_registered_method_handlers(SERVICE, {"ModelInfer": method})
     server.add_insecure_port(f"{HOST}:{port}")
     server.start()
     server.wait_for_termination()

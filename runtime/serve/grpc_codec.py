@@ -118,18 +118,23 @@ class Plan:
 def split_raw(payload: bytes) -> tuple[bytes, memoryview] | None:
     """A serialized request's head and its one raw input, when that is its last field.
 
-    Every top-level field of a ``ModelInferRequest`` is length-delimited; anything else
-    (another wire type, a second raw entry, raw contents not last, bytes cut short)
-    gives None, and the reference path answers.
+    Every top-level field of a ``ModelInferRequest`` has a one-byte tag (field numbers
+    below 16) and is length-delimited; anything else (another tag, a second raw entry,
+    raw contents not last, bytes cut short) gives None, and the reference path answers.
+    Lengths under 128 take one byte, the common case, read without a call.
     """
     end = len(payload)
     at = 0
-    while at < end:
+    while at + 1 < end:
         start = at
-        tag, at = _varint(payload, at)
-        if tag & 7 != 2:
+        tag = payload[at]
+        if tag & 0x87 != 2:  # a one-byte tag of a length-delimited field
             return None
-        size, at = _varint(payload, at)
+        size = payload[at + 1]
+        if size < 0x80:
+            at += 2
+        else:
+            size, at = _varint(payload, at + 1)
         at += size
         if tag == _RAW_INPUT_TAG:
             return (payload[:start], memoryview(payload)[at - size : at]) if at == end else None

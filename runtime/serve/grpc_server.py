@@ -3,9 +3,9 @@
 ``inference.GRPCInferenceService`` (``ServerLive``, ``ServerReady``, ``ModelReady``,
 ``ServerMetadata``, ``ModelMetadata``, ``ModelInfer``) is the service KServe and Triton
 define with the same messages, so ``tritonclient.grpc`` works unmodified. It runs on
-gRPC's synchronous server (a small thread pool; onnxruntime lets go of the GIL while it
-predicts) beside uvicorn, on the same model source and statistics: a version swapped
-into the repository is served by both at once.
+gRPC's synchronous server (a few threads, :class:`~.grpc_pool.CallPool`; onnxruntime
+lets go of the GIL while it predicts) beside uvicorn, on the same model source and
+statistics: a version swapped into the repository is served by both at once.
 
 ``ModelInfer`` takes and returns bytes: a request whose head (everything but its raw
 input) was answered before is answered from the :class:`~.grpc_codec.Plan` kept for it,
@@ -22,7 +22,6 @@ sizes in the message.
 from __future__ import annotations
 
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from time import perf_counter_ns
 from typing import Any, NoReturn
 
@@ -42,6 +41,7 @@ from pomona.runtime.serve.grpc_codec import (
     split_raw,
 )
 from pomona.runtime.serve.grpc_options import GrpcOptions
+from pomona.runtime.serve.grpc_pool import CallPool
 from pomona.runtime.serve.model_info import pomona_version
 from pomona.runtime.serve.proto import open_inference_grpc_pb2 as pb
 from pomona.runtime.serve.snapshot import LoadedModel, ModelSource
@@ -82,8 +82,8 @@ class InferenceServicer:
         )
         self._plans: dict[bytes, Plan] = {}
 
-    def handler(self) -> grpc.GenericRpcHandler:
-        """The service's methods, for ``grpc.Server.add_generic_rpc_handlers``."""
+    def methods(self) -> dict[str, grpc.RpcMethodHandler]:
+        """The service's methods, for ``grpc.Server.add_registered_method_handlers``."""
 
         def unary(method: Callable[[Any, Any], Any], request: Any) -> grpc.RpcMethodHandler:
             return grpc.unary_unary_rpc_method_handler(
@@ -92,18 +92,15 @@ class InferenceServicer:
                 response_serializer=_serialize,
             )
 
-        return grpc.method_handlers_generic_handler(
-            SERVICE,
-            {
-                "ServerLive": unary(self.ServerLive, pb.ServerLiveRequest),
-                "ServerReady": unary(self.ServerReady, pb.ServerReadyRequest),
-                "ModelReady": unary(self.ModelReady, pb.ModelReadyRequest),
-                "ServerMetadata": unary(self.ServerMetadata, pb.ServerMetadataRequest),
-                "ModelMetadata": unary(self.ModelMetadata, pb.ModelMetadataRequest),
-                # bytes in, bytes out: see ModelInfer
-                "ModelInfer": grpc.unary_unary_rpc_method_handler(self.ModelInfer),
-            },
-        )
+        return {
+            "ServerLive": unary(self.ServerLive, pb.ServerLiveRequest),
+            "ServerReady": unary(self.ServerReady, pb.ServerReadyRequest),
+            "ModelReady": unary(self.ModelReady, pb.ModelReadyRequest),
+            "ServerMetadata": unary(self.ServerMetadata, pb.ServerMetadataRequest),
+            "ModelMetadata": unary(self.ModelMetadata, pb.ModelMetadataRequest),
+            # bytes in, bytes out: see ModelInfer
+            "ModelInfer": grpc.unary_unary_rpc_method_handler(self.ModelInfer),
+        }
 
     def ServerLive(self, request: Any, context: Any) -> Any:
         return pb.ServerLiveResponse(live=True)
@@ -140,7 +137,8 @@ class InferenceServicer:
             model = _model(context, self._source.snapshot, plan.model.name, plan.version)
             raw = split[1]
             if model is plan.model and len(raw) == plan.nbytes:
-                x = as_float32(np.frombuffer(raw, dtype=plan.wire).reshape(plan.shape))
+                # a copy of the raw input (aligned, as a bytes object's data is), shaped
+                x = as_float32(np.ndarray(plan.shape, plan.wire, bytes(raw)))
                 return plan.prefix + self._predict(context, model, x).tobytes()
         return self.answer_reference(payload, context, None if split is None else split[0])
 
@@ -217,30 +215,34 @@ class GrpcServer:
         self._options = options
         self._reuse_port = reuse_port
         self._server: grpc.Server | None = None
+        self._pool: CallPool | None = None
 
     def start(self) -> None:
         """Bind and start serving; a busy port is a :class:`PomonaError`."""
         size = self._options.max_message_bytes
+        pool = CallPool(GRPC_THREADS, "pomona-grpc")
         server = grpc.server(
-            ThreadPoolExecutor(GRPC_THREADS, thread_name_prefix="pomona-grpc"),
-            handlers=[self._servicer.handler()],
+            pool,
             options=[
                 ("grpc.max_receive_message_length", size),
                 ("grpc.max_send_message_length", size),
                 ("grpc.so_reuseport", int(self._reuse_port)),
             ],
         )
+        # Registered, not generic: gRPC's core matches the method, no per-call lookup.
+        server.add_registered_method_handlers(SERVICE, self._servicer.methods())
         try:
             bound = server.add_insecure_port(self._address)
         except RuntimeError:
             bound = 0
         if not bound:
+            pool.shutdown()
             raise PomonaError(
                 f"cannot listen for gRPC on {self._address}: the port is in use or the "
                 "address cannot be bound; choose another with --grpc-port"
             )
         server.start()
-        self._server = server
+        self._server, self._pool = server, pool
         logger.info("serving gRPC on %s", self._address)
 
     def stop(self, grace: float = 5.0) -> None:
@@ -248,3 +250,6 @@ class GrpcServer:
         if self._server is not None:
             self._server.stop(grace).wait()
             self._server = None
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None

@@ -164,6 +164,8 @@ def test_split_raw_declines_a_request_it_cannot_read() -> None:
     assert split_raw(payload + b"\x08\x01") is None  # a varint field after the raw input
     assert split_raw(b"\x0a\xff") is None  # a length cut short
     assert split_raw(b"\x3a" + b"\xff" * 12) is None  # a varint too long
+    assert split_raw(b"\x82\x01\x00" + payload) is None  # field 16: a two-byte tag
+    assert split_raw(payload + b"\x3a") is None  # one byte past the raw input
 
 
 def test_bytes_that_are_no_request_are_invalid_argument(tmp_path: Path) -> None:
