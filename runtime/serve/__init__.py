@@ -16,9 +16,10 @@ server's own overhead is the whole latency. One module per concern:
 ``repository``      ``ModelRepository``: scans a repository folder, builds the next
                     snapshot off to the side and swaps it in whole; polling; model control.
 ``stats``           the statistics extension's counters, per model version.
-``grpc_server``     the ``GRPCInferenceService`` on gRPC's thread-pool server
-                    (``grpc_codec``: messages to arrays and back, and the kept plans of
-                    ``ModelInfer``; ``grpc_options``; ``grpc_launch``: in one process or
+``grpc_server``     the ``GRPCInferenceService`` on gRPC's synchronous server
+                    (``grpc_pool``: its threads, ``CallPool``; ``grpc_codec``: messages to
+                    arrays and back, and the kept plans of ``ModelInfer``;
+                    ``grpc_options``; ``grpc_launch``: in one process or
                     in every worker; the generated code and its ``.proto`` in ``proto/``;
                     needs the ``grpc`` extra).
 ``access``          the optional bearer token (401) and CORS for listed origins.

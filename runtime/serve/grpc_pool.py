@@ -9,7 +9,8 @@ takes one shared lock only to add or run callbacks: about 3 us. At one row a cal
 the server about 450 us in all, so this is a few percent of its requests/s.
 
 This module is the one place that relies on how gRPC uses its executor (``submit``, then
-``add_done_callback``). :class:`Call` also answers the rest of the future interface, and
+``add_done_callback``). :class:`Call` also answers ``done``, ``result``, ``exception``
+and ``cancel`` (False: a submitted call always runs), and
 ``tests/runtime/serve/test_grpc_pool.py`` holds the pool to ThreadPoolExecutor's results.
 """
 
@@ -57,9 +58,6 @@ class Call:
 
     def done(self) -> bool:
         return self._done
-
-    def running(self) -> bool:
-        return False
 
     def cancel(self) -> bool:
         return False
