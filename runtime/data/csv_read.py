@@ -149,7 +149,7 @@ class _ArrowParser:
         import pyarrow as pa
         import pyarrow.csv as pacsv
 
-        _source.use_jemalloc(pa)
+        _source.configure_arrow(pa)
         self.pa, self.pacsv = pa, pacsv
         self.header, self.spec, self.name = header, spec, name
         seen: set[str] = set()

@@ -26,7 +26,7 @@ def _pyarrow(name: str) -> Any:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    _source.use_jemalloc(pa)
+    _source.configure_arrow(pa)
     return pa, pq
 
 
