@@ -167,7 +167,20 @@ def app_from_env() -> InferenceApp:
 
     With ``POMONA_SERVE_GRPC`` set, the worker serves gRPC too, on the port every worker
     shares (``SO_REUSEPORT``: the kernel spreads the connections), until its server stops.
+
+    A worker that cannot build its app (the model file was replaced by a bad one before a
+    worker restart, the gRPC port was taken after the parent's check) logs one error line
+    and exits with uvicorn's startup-failure status: the supervisor then stops the server
+    instead of restarting that worker in a loop, and :func:`run_server` reports it.
     """
+    try:
+        return _worker_app()
+    except PomonaError as err:
+        logger.error("a worker could not start: %s", err)
+        raise SystemExit(uvicorn.config.STARTUP_FAILURE) from None
+
+
+def _worker_app() -> InferenceApp:
     max_body_size = int(os.environ.get(ENV_MAX_BODY_SIZE, DEFAULT_MAX_BODY_SIZE))
     micro_batch = os.environ.get(ENV_MICRO_BATCH, "1") == "1"
     repository = os.environ.get(ENV_REPOSITORY)
@@ -360,7 +373,10 @@ def run_server(
     with _shared_metrics_dir():
         factory = f"{__name__}:{app_from_env.__name__}"
         config = uvicorn_config(factory, limits, factory=True, workers=workers, **options)
-        Multiprocess(config, sockets=[sock]).run()
+        supervisor = Multiprocess(config, sockets=[sock])
+        supervisor.run()
+    if any(p.exitcode == uvicorn.config.STARTUP_FAILURE for p in supervisor.processes):
+        raise ServeError("a worker could not start (its error is logged above); the server stopped")
     return True
 
 

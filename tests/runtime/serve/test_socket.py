@@ -360,6 +360,35 @@ def test_several_workers_serve_and_stop_cleanly(model: Path, tmp_path: Path) -> 
         assert srv.stop() == 0, srv.log.read_text()
 
 
+def _workers(server: subprocess.Popen[bytes]) -> list[int]:
+    """The worker processes of a ``pomona serve --workers N`` (not the resource tracker)."""
+    children = Path(f"/proc/{server.pid}/task/{server.pid}/children").read_text().split()
+    return [
+        int(pid) for pid in children if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    ]
+
+
+def test_a_worker_that_cannot_restart_stops_the_server(tmp_path: Path) -> None:
+    """A worker restarted after the model file went bad stops the server with one error,
+    instead of being restarted (and failing, with a traceback) over and over."""
+    path = make_linear_onnx(tmp_path / "model.onnx")
+    srv = Server(path, tmp_path / "serve.log", "--workers", "2", "--log-level", "warning")
+    try:
+        assert srv.infer({"inputs": [ONE]})[0] == 200
+        path.write_bytes(b"half a model")
+        os.kill(_workers(srv.proc)[0], signal.SIGKILL)
+        assert srv.proc.wait(timeout=120) == 1
+    finally:
+        srv.proc.kill()
+    log = srv.log.read_text()
+    assert "Traceback" not in log, log
+    assert log.count("a worker could not start") == 2, log  # the worker's line, the parent's
+    assert "not a valid ONNX model" in log
+    assert log.rstrip().endswith(
+        "Error: a worker could not start (its error is logged above); the server stopped"
+    )
+
+
 def test_bad_model_exits_1_with_one_line(tmp_path: Path) -> None:
     bad = tmp_path / "model.onnx"
     bad.write_bytes(b"not an onnx model")
