@@ -46,10 +46,12 @@ __all__ = [
     "TOLERANCE_RULE",
     "TORCHSCRIPT_FILE",
     "TRAINING_KEY",
+    "ExternalData",
     "ManifestCheck",
     "allowed_difference",
     "check_format",
     "check_manifest",
+    "read_external_data",
 ]
 
 # -- format ------------------------------------------------------------------------------
@@ -134,6 +136,14 @@ def check_format(metadata: Mapping[str, str], path: str | os.PathLike[str]) -> N
         )
 
 
+class ExternalData(NamedTuple):
+    """An external data file of a model: ``location`` as the model writes it, its bytes."""
+
+    location: str
+    sha256: str
+    content: bytes
+
+
 class ManifestCheck(NamedTuple):
     """How a model file compares with the ``manifest.json`` in its folder.
 
@@ -146,6 +156,9 @@ class ManifestCheck(NamedTuple):
 
     status: Literal["ok", "none", "mismatch", "unreadable"]
     detail: str
+    #: With ``status`` ok and the caller's ``data``: the external data files as they were
+    #: hashed, for the backend to run exactly those bytes.
+    external: tuple[ExternalData, ...] = ()
 
     @property
     def refused(self) -> bool:
@@ -207,6 +220,7 @@ def check_manifest(
     listed, models = found
     if not models:
         return ManifestCheck("none", f"{MANIFEST_FILE} lists no model ({', '.join(MODEL_FILES)})")
+    read = data is not None  # the caller runs these bytes: keep the external data read too
     try:
         data = path.read_bytes() if data is None else data
     except OSError as err:
@@ -225,15 +239,18 @@ def check_manifest(
             f"not a model {MANIFEST_FILE} lists: sha256 {_short(actual)} matches none of "
             f"{', '.join(models)}",
         )
-    problem = _check_external_data(path, data, listed)
-    if problem is not None:
-        return ManifestCheck("mismatch", problem)
+    external = _check_external_data(path, data, listed, keep=read)
+    if isinstance(external, str):
+        return ManifestCheck("mismatch", external)
     named = "" if path.name in matches else f" (as {matches[0]})"
-    return ManifestCheck("ok", f"matches {MANIFEST_FILE}{named}")
+    return ManifestCheck("ok", f"matches {MANIFEST_FILE}{named}", external)
 
 
-def _check_external_data(path: Path, data: bytes, listed: dict[str, Any]) -> str | None:
-    """What is wrong with the external data of a model the manifest vouches for, if anything."""
+def _check_external_data(
+    path: Path, data: bytes, listed: dict[str, Any], keep: bool
+) -> str | tuple[ExternalData, ...]:
+    """What is wrong with the external data of a model the manifest vouches for, if anything;
+    else (``keep``) each file's bytes, read once: hashed here, then run by the backend."""
     try:
         locations = external_data_locations(data)
     except ValueError as err:
@@ -241,10 +258,11 @@ def _check_external_data(path: Path, data: bytes, listed: dict[str, Any]) -> str
             "not a valid ONNX model (empty, truncated or corrupt?), so its external data "
             f"cannot be listed: {err}"
         )
+    kept: list[ExternalData] = []
     for location in locations:
         if not inside_folder(location):
             return f"external data {location!r} is not a file in the model's folder"
-        name = posixpath.normpath(location.replace("\\", "/"))
+        name = _external_name(location)
         expected = _recorded_sha256(listed, name)
         if expected is None:
             return (
@@ -252,7 +270,8 @@ def _check_external_data(path: Path, data: bytes, listed: dict[str, Any]) -> str
                 "(every byte of the model must be)"
             )
         try:
-            actual = file_sha256(path.parent / name)
+            content = (path.parent / name).read_bytes() if keep else None
+            actual = file_sha256(path.parent / name) if content is None else _sha256(content)
         except OSError as err:
             return f"cannot read external data file {name}: {err.strerror or err}"
         if actual != expected:
@@ -260,4 +279,34 @@ def _check_external_data(path: Path, data: bytes, listed: dict[str, Any]) -> str
                 f"external data file {name} changed since {MANIFEST_FILE} was written "
                 f"(sha256 {_short(actual)} != {_short(expected)} recorded)"
             )
-    return None
+        if content is not None:
+            kept.append(ExternalData(location, actual, content))
+    return tuple(kept)
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _external_name(location: str) -> str:
+    """The external data file a ``location`` names, relative to the model's folder."""
+    return posixpath.normpath(location.replace("\\", "/"))
+
+
+def read_external_data(model: Path, sha256: Mapping[str, str]) -> tuple[ExternalData, ...]:
+    """The external data files of ``model`` (``location`` -> sha256, as a check found them),
+    read again and held to those hashes: a copy of a predictor in another process runs the
+    bytes the original ran, or fails."""
+    found = []
+    for location, expected in sha256.items():
+        name = _external_name(location)
+        try:
+            content = (model.parent / name).read_bytes()
+        except OSError as err:
+            raise ArtifactError(
+                f"{model}: cannot read external data file {name}: {err.strerror or err}"
+            ) from None
+        if _sha256(content) != expected:
+            raise ArtifactError(f"{model}: external data file {name} changed since it was loaded")
+        found.append(ExternalData(location, expected, content))
+    return tuple(found)

@@ -24,6 +24,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from pomona.runtime._session import read_interface
+from pomona.runtime.artifacts import ExternalData, read_external_data
 from pomona.runtime.artifacts import check_manifest as compare_with_manifest
 from pomona.runtime.backends import Backend, open_backend
 from pomona.runtime.errors import ArtifactError, InputError
@@ -81,18 +82,21 @@ class Predictor:
         self.path = Path(model)
         data = _read_model(self.path)
         self.manifest_checked = False
+        external: tuple[ExternalData, ...] = ()
         if check_manifest:
-            self.manifest_checked, data = self._check_manifest(data)
+            self.manifest_checked, data, external = self._check_manifest(data)
         #: sha256 of the model bytes this predictor runs (checked against the manifest
         #: when ``manifest_checked``); a copy in another process runs only these bytes.
         self.sha256: str = hashlib.sha256(data).hexdigest()
+        #: sha256 of each external data file run with it, by location (when checked).
+        self._external_sha256 = {e.location: e.sha256 for e in external}
         self._options: dict[str, Any] = {
             "backend": backend,
             "intra_op_threads": intra_op_threads,
             "allow_spinning": allow_spinning,
             "providers": providers,
         }
-        loaded = open_backend(self.path, **self._options, data=data)
+        loaded = open_backend(self.path, **self._options, data=data, external=external)
         self._backend: Backend | None = loaded
         interface = read_interface(loaded.inputs, loaded.outputs, loaded.metadata, self.path)
         self._interface = interface
@@ -136,9 +140,10 @@ class Predictor:
                 f"not float32 of shape {list(expected)}; export it again"
             )
 
-    def _check_manifest(self, data: bytes) -> tuple[bool, bytes]:
+    def _check_manifest(self, data: bytes) -> tuple[bool, bytes, tuple[ExternalData, ...]]:
         """Whether the manifest beside the model vouches for ``data`` (the model's bytes),
-        and the bytes it vouched for; raise when it refuses them."""
+        and the bytes it vouched for (the model's and its external data's); raise when it
+        refuses them."""
         check = compare_with_manifest(self.path, data=data)
         # An export replacing a folder in place moves model.onnx in just before
         # manifest.json: a reader in between sees the new model beside the old manifest.
@@ -152,7 +157,7 @@ class Predictor:
             raise ArtifactError(f"{self.path}: {check.detail}; re-export it, or {_OPT_OUT}")
         if check.refused:
             raise ArtifactError(f"{self.path}: {check.detail}; {_OPT_OUT}")
-        return check.status == "ok", data
+        return check.status == "ok", data, check.external
 
     # -- introspection ---------------------------------------------------------------------
 
@@ -196,7 +201,8 @@ class Predictor:
         data = _read_model(self.path)
         if hashlib.sha256(data).hexdigest() != self.sha256:
             raise ArtifactError(f"{self.path}: the model file changed since it was loaded")
-        loaded = open_backend(self.path, **options, data=data)
+        external = read_external_data(self.path, self._external_sha256)
+        loaded = open_backend(self.path, **options, data=data, external=external)
         interface = read_interface(loaded.inputs, loaded.outputs, loaded.metadata, self.path)
         if interface != self._interface:
             raise ArtifactError(f"{self.path}: the model file changed since it was loaded")

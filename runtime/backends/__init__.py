@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from pomona.runtime.errors import ArtifactError
 
-if TYPE_CHECKING:  # numpy comes with it: not at the start of every command
+if TYPE_CHECKING:  # numpy comes with them: not at the start of every command
+    from pomona.runtime.artifacts import ExternalData
     from pomona.runtime.onnx_proto import TensorInfo
 
 __all__ = [
@@ -104,11 +105,14 @@ def open_backend(
     allow_spinning: bool = True,
     providers: Sequence[str] | None = None,
     data: bytes | None = None,
+    external: Sequence[ExternalData] = (),
 ) -> Backend:
     """Load ``path`` with the backend :func:`choose_backend` picks.
 
     ``data``: the model's bytes, already read (and checked against its manifest): the
-    backend runs exactly these bytes instead of opening ``path`` again.
+    backend runs exactly these bytes instead of opening ``path`` again. ``external``: its
+    external data files, read and checked likewise (the numpy backend refuses external
+    data; onnxruntime runs these bytes where it can take them from memory).
     """
     choice = choose_backend(backend, path)
     if intra_op_threads is not None and intra_op_threads < 1:
@@ -135,6 +139,7 @@ def open_backend(
         allow_spinning=allow_spinning,
         providers=providers,
         data=data,
+        external={e.location: e.content for e in external},
     )
     inputs, outputs = ort_backend.tensors(session)
     meta = session.get_modelmeta()

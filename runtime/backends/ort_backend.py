@@ -6,7 +6,7 @@ it only when this backend is chosen, so the runtime starts where onnxruntime is 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,8 @@ __all__ = ["default_providers", "fast_run", "open_session", "tensors", "version"
 
 # Where a model built from bytes finds its external data files (onnxruntime >= 1.17).
 _EXTERNAL_DATA_FOLDER = "session.model_external_initializers_file_folder_path"
+# External data files handed over from memory (onnxruntime >= 1.23).
+_EXTERNAL_DATA_IN_MEMORY = "add_external_initializers_from_files_in_memory"
 
 
 def version() -> str:
@@ -42,11 +44,14 @@ def open_session(
     allow_spinning: bool,
     providers: Sequence[str] | None,
     data: bytes | None = None,
+    external: Mapping[str, bytes] | None = None,
 ) -> ort.InferenceSession:
     """An onnxruntime session for ``path``; :class:`ArtifactError` if it cannot be loaded.
 
     With ``data`` (the model's bytes, already read) the session is built from those bytes,
-    so it runs what was checked; external data files are still read from ``path``'s folder.
+    so it runs what was checked. ``external`` (location -> bytes, already read and checked)
+    hands it the external data files from memory too, where this onnxruntime can take them
+    (>= 1.23); other external data files are read from ``path``'s folder.
 
     ``intra_op_threads=None`` uses the CPUs this process may run on
     (:func:`~pomona.runtime.system.available_cpus`), not onnxruntime's default of every
@@ -61,6 +66,9 @@ def open_session(
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if data is not None:
         options.add_session_config_entry(_EXTERNAL_DATA_FOLDER, str(path.parent.resolve()))
+    if external and hasattr(options, _EXTERNAL_DATA_IN_MEMORY):
+        names, contents = list(external), list(external.values())
+        getattr(options, _EXTERNAL_DATA_IN_MEMORY)(names, contents, [len(c) for c in contents])
     try:
         return ort.InferenceSession(
             str(path) if data is None else data,

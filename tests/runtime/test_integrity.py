@@ -133,6 +133,12 @@ def test_inside_folder(location: str, inside: bool) -> None:
     assert inside_folder(location) is inside
 
 
+def _tampered_weights(weights: Path) -> bytes:
+    data = bytearray(weights.read_bytes())
+    data[0] ^= 0x40  # one weight changed: the model file itself is untouched
+    return bytes(data)
+
+
 def test_external_data_not_in_the_manifest_is_refused(tmp_path: Path) -> None:
     model = make_external_data_onnx(tmp_path / ONNX_FILE)
     write_manifest(tmp_path, {ONNX_FILE: model})  # the model file only, not weights.bin
@@ -151,15 +157,40 @@ def test_external_data_listed_is_hashed_and_tampering_is_refused(tmp_path: Path)
     write_manifest(tmp_path, {ONNX_FILE: model, "weights.bin": weights})
     assert check_manifest(model).status == "ok"
     assert Predictor(model).manifest_checked is True
-    data = bytearray(weights.read_bytes())
-    data[0] ^= 0x40  # one weight changed: the model file itself is untouched
-    weights.write_bytes(bytes(data))
+    weights.write_bytes(_tampered_weights(weights))
     check = check_manifest(model)
     assert check.status == "mismatch"
     assert "external data file weights.bin changed since manifest.json" in check.detail
     result = CliRunner().invoke(info, [str(model)])
     assert result.exit_code == 0 and "manifest   mismatch: external data file" in result.output
     _predict_refused(model, "weights.bin changed since manifest.json")
+
+
+def test_external_data_runs_the_bytes_that_were_checked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """External data changed between its check and the session's build is not run: the
+    session takes the bytes that were hashed (onnxruntime >= 1.23 takes them from memory)."""
+    ort_backend = needs("pomona.runtime.backends.ort_backend")
+    if not hasattr(needs("onnxruntime").SessionOptions, ort_backend._EXTERNAL_DATA_IN_MEMORY):
+        pytest.skip("this onnxruntime reads external data only from files")
+    model = make_external_data_onnx(tmp_path / ONNX_FILE)
+    weights = tmp_path / "weights.bin"
+    write_manifest(tmp_path, {ONNX_FILE: model, "weights.bin": weights})
+    open_session = ort_backend.open_session
+
+    def tamper_then_open(*args: object, **kwargs: object) -> object:
+        weights.write_bytes(_tampered_weights(weights))  # after the check, before the load
+        return open_session(*args, **kwargs)
+
+    monkeypatch.setattr(ort_backend, "open_session", tamper_then_open)
+    predictor = Predictor(model, backend="onnxruntime")
+    assert predictor.manifest_checked
+    np.testing.assert_array_equal(predictor.predict(ROWS), reference_predictions(ROWS))
+    monkeypatch.undo()
+    copy = pickle.loads(pickle.dumps(predictor))  # a copy re-reads them: they changed
+    with pytest.raises(ArtifactError, match=r"external data file weights\.bin changed since it"):
+        copy.predict(ROWS)
 
 
 def test_external_data_outside_the_folder_is_refused(tmp_path: Path) -> None:
