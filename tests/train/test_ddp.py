@@ -256,6 +256,30 @@ def test_two_ranks_on_the_crop_data_equal_one_process(tmp_path: Path) -> None:
     assert_same_run(tmp_path / "ddp", single)
 
 
+@pytest.mark.parametrize("first", ["two ranks", "one process"])
+def test_a_run_resumed_with_another_number_of_ranks_equals_one_process(
+    tmp_path: Path, first: str
+) -> None:
+    """The global batches do not depend on the number of ranks, and the checkpoint records
+    none: 20 epochs on 2 ranks then 20 more on one process (or the other way round) end
+    where 40 epochs on one process do."""
+    half = TrainConfig(
+        epochs=20, batch_size=4, schedule="constant", device="cpu", out=str(tmp_path / "run")
+    )
+    whole = dataclasses.replace(half, epochs=40)
+    if first == "two ranks":
+        assert (started := torchrun("train", *options(half))).returncode == 0, started.stderr
+        assert train(whole, resume=True).resumed_from == 20
+    else:
+        train(half)
+        resumed = torchrun("train", *options(whole), "--resume")
+        assert resumed.returncode == 0, resumed.stderr
+        assert "(resumed at epoch 20)" in resumed.stderr
+        assert "(2 ranks x 2 rows = global batch 4)" in resumed.stderr
+    single = train(dataclasses.replace(whole, out=str(tmp_path / "single")))
+    assert_same_run(tmp_path / "run", single)
+
+
 @pytest.mark.parametrize("stream", [False, True], ids=["in-memory", "streamed"])
 def test_two_ranks_on_synthetic_rows_equal_one_process(tmp_path: Path, stream: bool) -> None:
     """20k rows, a global batch of 999 (parts of 500 and 499, a short tail), an MLP."""
