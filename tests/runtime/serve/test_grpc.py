@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from pomona.runtime.serve.proto import open_inference_grpc_pb2_grpc as pb_grpc
 from tests.conftest import run_pomona
 from tests.onnx_models import make_linear_onnx, reference_predictions
 from tests.runtime.serve.repo_cases import MODELS, make_repository, which_version
-from tests.runtime.serve.test_socket import Server, free_port
+from tests.runtime.serve.test_socket import _READY_POLLS, Server, free_port
 
 X = np.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]], dtype=np.float32)
 MAX_MESSAGE = 64 * 1024
@@ -158,6 +159,10 @@ def test_every_worker_serves_grpc_on_the_one_port(tmp_path: Path) -> None:
         make_linear_onnx(tmp_path / "model.onnx"), tmp_path / "log", "--workers", "2"
     )
     try:
+        for _ in range(_READY_POLLS):  # ready answers once one worker is up: wait for both
+            if server.log.read_text().count("serving gRPC on") == 2:
+                break
+            time.sleep(0.05)
         for _ in range(8):  # a new connection each time: the kernel spreads them
             client = grpcclient.InferenceServerClient(server.grpc_url)
             try:
