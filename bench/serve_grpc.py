@@ -149,8 +149,8 @@ def run_ceiling(port: int) -> None:
     """A bare gRPC server answering every ModelInfer with one constant response.
 
     gRPC's thread-pool server with ``pomona serve``'s threads (its :class:`CallPool`) and
-    the method registered as it registers its own, no parsing, no model: what Python's gRPC runtime
-    costs per call on this machine, the least any Python gRPC server can spend.
+    the method registered as it registers its own, no parsing, no model: what Python's
+    gRPC runtime costs per call on this machine, the least any Python gRPC server can spend.
     """
     from pomona.runtime.serve.grpc_pool import CallPool
     from pomona.runtime.serve.grpc_server import GRPC_THREADS

@@ -225,7 +225,7 @@ def check_manifest(
         data = path.read_bytes() if data is None else data
     except OSError as err:
         return ManifestCheck("unreadable", f"cannot read the model: {err.strerror or err}")
-    actual = sha256 if sha256 is not None else hashlib.sha256(data).hexdigest()
+    actual = sha256 if sha256 is not None else _sha256(data)
     matches = [name for name, expected in models.items() if expected == actual]
     if not matches:
         if path.name in models:
